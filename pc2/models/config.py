@@ -1,0 +1,136 @@
+"""Engine configuration: one dataclass, every field documented, every PC² component a switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A user-supplied config key or value the engine cannot use."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config '{key}': {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass
+class PC2Config:
+    # --- networks ---
+    backbone: Literal["vse", "sgraf"] = "vse"  # vse: one vector per image/caption (indexable); sgraf: SGR/SAF reasoning
+    embed_dim: int = 256  # joint-space width
+    word_dim: int = 256  # token embedding width
+    num_classes: int = 128  # K pseudo-classes of the shared P-Cls head
+    max_tokens: int = 40  # captions are cut to this many tokens
+    sgraf_sim_dim: int = 64  # width of SGRAF similarity vectors
+    sgraf_steps: int = 2  # SGR graph-reasoning steps
+
+    # --- optimisation ---
+    epochs: int = 10  # total epochs, warm-up included
+    warmup_epochs: int = 2  # epochs on all pairs before co-divide starts
+    batch_size: int = 128
+    lr: float = 5e-4
+    lr_decay_epoch: int = 0  # epoch at which lr drops 10x (0 = never)
+    weight_decay: float = 0.0
+    grad_clip: float = 2.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+
+    # --- losses ---
+    margin: float = 0.2  # alpha_0: the largest triplet margin (clean label y=1)
+    warmup_margin: float = 0.2  # margin of the warm-up triplet (averaged over negatives)
+    codivide_margin: float = 0.2  # fixed margin of the per-pair loss fed to the co-divide GMM
+    pcls_weight: float = 1.0  # weight of the P-Cls cross-entropy
+    entropy_weight: float = 1.0  # lambda on H(mean prediction over the batch)
+    entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
+    pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
+
+    # --- PC² components (ablation switches) ---
+    use_pcls: bool = True  # pseudo-classification head and its loss
+    use_pcap: bool = True  # pseudo-captions for untrusted pairs during training
+    use_cr: bool = True  # prediction-oscillation correspondence rectification
+    use_cotrain: bool = True  # A trains on B's split and vice versa (False: own split)
+    noise_handling: bool = True  # False: plain triplet on all pairs for every epoch (baseline)
+    clean_threshold: float = 0.5  # w_loss above this puts a pair in the trusted split
+    gmm_max_iter: int = 20
+
+    # --- results ---
+    label_threshold: float = 0.5  # confidence below this -> label "noisy"
+    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "combo"  # see pseudo_caption.py
+    min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        checks = {
+            "embed_dim": self.embed_dim > 0,
+            "num_classes": self.num_classes >= 2,
+            "epochs": self.epochs >= 1,
+            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
+            "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "clean_threshold": 0 < self.clean_threshold < 1,
+            "label_threshold": 0 <= self.label_threshold <= 1,
+            "max_tokens": self.max_tokens >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(key, f"invalid value {getattr(self, key)!r}")
+        literals = {
+            "backbone": ("vse", "sgraf"),
+            "entropy_form": ("batch_mean", "per_sample"),
+            "pseudo_caption_strategy": ("pred", "embed", "combo"),
+        }
+        for key, allowed in literals.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(key, f"must be one of {list(allowed)}, got {getattr(self, key)!r}")
+
+    # --- (de)serialisation ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PC2Config":
+        """Build from a plain dict; unknown keys and wrong types raise ``ConfigError``."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(key, "unknown key")
+            default = getattr(cls(), key)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(key, f"expected a boolean, got {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(key, f"expected an integer, got {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(key, f"expected a number, got {value!r}")
+                value = float(value)
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise ConfigError(key, f"expected a string, got {value!r}")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str) -> "PC2Config":
+        text = open(path, encoding="utf-8").read()
+        if path.endswith((".yaml", ".yml")):
+            raise ConfigError("config", "use a JSON or TOML config file")
+        if path.endswith(".toml"):
+            import tomllib
+
+            return cls.from_dict(tomllib.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "PC2Config":
+        return dataclasses.replace(self, **changes)
+
+    # Fields that change the trained result; a checkpoint made under other values is not resumed.
+    def training_fingerprint(self) -> str:
+        skip = {"device", "threads", "label_threshold", "pseudo_caption_strategy", "eval_batch_size", "epochs"}
+        return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

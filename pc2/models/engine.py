@@ -1,0 +1,387 @@
+"""The PC² training loop: warm-up, co-divide, correspondence rectification, P-Cls, P-Cap, scoring.
+
+``curate(corpus, config, workdir=...)`` is the whole job. State is checkpointed atomically after every
+epoch, so an interrupted run started again with the same workdir resumes and finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import codivide
+from .config import PC2Config
+from .data import Corpus
+from .losses import pcls_loss, pseudo_caption_triplet, soft_margin, triplet_avg, triplet_hardest
+from .networks import PC2Net, l2norm
+from .pseudo_caption import assign as assign_pseudo_captions
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Cancelled(Exception):
+    """Raised when ``should_stop`` asks the run to stop; the last checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    phase: str  # warmup | train | score | pseudo_caption | done
+    epoch: int
+    epochs: int
+    batch: int = 0
+    batches: int = 0
+    fraction: float = 0.0  # of the whole job, 0..1
+    eta_s: float | None = None
+    losses: dict[str, float] = field(default_factory=dict)
+    split: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CurationResult:
+    confidence: np.ndarray  # (N,) float32 in [0, 1]
+    noisy: np.ndarray  # (N,) bool
+    pseudo_class: np.ndarray  # (N,) int64
+    pcap_source: np.ndarray  # (N,) int64, -1 = none
+    pcap_score: np.ndarray  # (N,) float32
+    metrics: dict
+    pred: np.ndarray  # (N, K) float32 image pseudo-class probabilities (mean of both networks)
+    img_emb: np.ndarray | None = None  # (N, E) float32, joint space (mean of both networks)
+    cap_emb: np.ndarray | None = None  # (N, E)
+
+
+@dataclass
+class EvalOut:
+    loss: np.ndarray  # (N,) fixed-margin hinge averaged over negatives
+    pred: np.ndarray  # (N, K) softmax of the head on the image
+    img_emb: np.ndarray | None = None
+    cap_emb: np.ndarray | None = None
+
+
+def pick_device(cfg: PC2Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def feature_stats(corpus: Corpus, sample: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean/std of image features over a seeded sample of rows."""
+    rng = np.random.default_rng(seed)
+    n_img = corpus.features.n
+    rows = np.sort(rng.choice(n_img, size=min(sample, n_img), replace=False))
+    x = corpus.features.get(rows).reshape(-1, corpus.features.dim).astype(np.float64)
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std < 1e-6, 1.0, std)
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+class Trainer:
+    def __init__(
+        self,
+        corpus: Corpus,
+        cfg: PC2Config,
+        workdir: str | os.PathLike,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        self.corpus, self.cfg = corpus, cfg
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.progress_cb = progress
+        self.should_stop = should_stop
+        self.device = pick_device(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.n = len(corpus)
+        self.empty = corpus.lengths == 0  # no usable text: always noisy, never trusted
+        self.n_nets = 2 if cfg.use_cotrain else 1
+        torch.manual_seed(cfg.seed)
+        self.nets = [PC2Net(cfg, corpus.features.dim, corpus.vocab_size).to(self.device) for _ in range(self.n_nets)]
+        mean, std = feature_stats(corpus, seed=cfg.seed)
+        for net in self.nets:
+            net.set_feature_stats(mean.to(self.device), std.to(self.device))
+        self.opts = [torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for net in self.nets]
+        self.bank: list[np.ndarray | None] = [None] * self.n_nets  # previous epoch's image predictions
+        self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
+        self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
+        self.epoch = 0
+        self.t_start = time.time()
+        self.units_done = 0.0
+        self.history: list[dict] = []
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def _total_units(self) -> float:
+        # one unit = one pass over the corpus by one network (training ~3x an eval pass)
+        per_epoch = self.n_nets * (3.0 + 1.0)
+        return self.cfg.epochs * per_epoch + self.n_nets * 1.0
+
+    def _report(self, phase: str, batch: int, batches: int, unit_fraction: float, losses=None) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled()
+        if self.progress_cb is None:
+            return
+        frac = min(1.0, (self.units_done + unit_fraction) / self._total_units())
+        elapsed = time.time() - self.t_start
+        eta = elapsed * (1 - frac) / frac if frac > 0.01 else None
+        split = {}
+        if self.w_loss[0] is not None:
+            clean = int(np.sum(self._trusted(0)))
+            split = {"n_clean": clean, "n_noisy": self.n - clean}
+        self.progress_cb(
+            Progress(phase, self.epoch, self.cfg.epochs, batch, batches, frac, eta, dict(losses or {}), split)
+        )
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _batch(self, idx: np.ndarray):
+        x = torch.from_numpy(self.corpus.images(idx)).to(self.device, non_blocking=True)
+        ids, lens = self.corpus.tokens(idx, self.cfg.max_tokens)
+        return x, torch.from_numpy(ids).to(self.device), torch.from_numpy(lens)
+
+    def _trusted(self, k: int) -> np.ndarray:
+        """Trusted split for training net k: made by the other net when co-training."""
+        src = (1 - k) if self.n_nets == 2 else k
+        return (self.w_loss[src] > self.cfg.clean_threshold) & ~self.empty
+
+    # --- passes -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, k: int, *, embeddings: bool = False, phase: str = "train") -> EvalOut:
+        """Per-pair co-divide loss and image pseudo-predictions for net k (eval mode, fixed order)."""
+        net, cfg = self.nets[k], self.cfg
+        net.eval()
+        bs = cfg.eval_batch_size if net.indexable else cfg.batch_size
+        order = np.random.default_rng([cfg.seed, 7919, self.epoch]).permutation(self.n)
+        loss = np.zeros(self.n, dtype=np.float32)
+        pred = np.zeros((self.n, cfg.num_classes), dtype=np.float32)
+        img_emb = np.zeros((self.n, cfg.embed_dim), dtype=np.float32) if embeddings and net.indexable else None
+        cap_emb = np.zeros((self.n, cfg.embed_dim), dtype=np.float32) if embeddings and net.indexable else None
+        batches = (self.n + bs - 1) // bs
+        for b in range(batches):
+            idx = order[b * bs : (b + 1) * bs]
+            x, ids, lens = self._batch(idx)
+            with self._autocast():
+                sims, img_logits, _, img, cap = net(x, ids, lens)
+            loss[idx] = triplet_avg(sims.float(), cfg.codivide_margin).cpu().numpy()
+            pred[idx] = img_logits.float().softmax(1).cpu().numpy()
+            if img_emb is not None:
+                img_emb[idx] = img.float().cpu().numpy()
+                cap_emb[idx] = cap.float().cpu().numpy()
+            self._report(phase, b + 1, batches, (b + 1) / batches)
+        self.units_done += 1.0
+        return EvalOut(loss, pred, img_emb, cap_emb)
+
+    def divide(self, k: int, ev: EvalOut) -> None:
+        """Fit the loss GMM and (after the first eval) the PO GMM; update net k's bank and soft labels."""
+        cfg = self.cfg
+        usable = ~self.empty
+        w_loss = np.zeros(self.n)
+        w_loss[usable] = codivide.low_component_posterior(ev.loss[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
+        w_po = None
+        if cfg.use_cr and self.bank[k] is not None:
+            po = codivide.kl_rows(ev.pred, self.bank[k])
+            w_po = np.zeros(self.n)
+            w_po[usable] = codivide.low_component_posterior(po[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
+        self.bank[k] = ev.pred  # every pair, every epoch
+        self.w_loss[k] = w_loss
+        y = np.where(w_loss > cfg.clean_threshold, codivide.rectify(w_loss, w_po), w_loss)
+        self.y[k] = np.where(self.empty, 0.0, y).astype(np.float32)
+
+    def train_epoch(self, k: int) -> dict[str, float]:
+        cfg, net, opt = self.cfg, self.nets[k], self.opts[k]
+        net.train()
+        warm = self.epoch < cfg.warmup_epochs or not cfg.noise_handling or self.w_loss[0] is None
+        rng = np.random.default_rng([cfg.seed, self.epoch, k])
+        pool = np.nonzero(~self.empty)[0]
+        order = pool[rng.permutation(len(pool))]
+        if not warm:
+            trusted = self._trusted(k)
+            src = (1 - k) if self.n_nets == 2 else k
+            y_all = self.y[src]
+            if not cfg.use_pcap:  # without P-Cap, untrusted pairs have nothing to train on
+                order = order[trusted[order]]
+        bs = cfg.batch_size
+        batches = max(1, len(order) // bs)  # drop the ragged tail: a 3-pair batch has no useful negatives
+        sums: dict[str, float] = {}
+        phase = "warmup" if self.epoch < cfg.warmup_epochs else "train"
+        for b in range(batches):
+            idx = order[b * bs : (b + 1) * bs]
+            x, ids, lens = self._batch(idx)
+            with self._autocast():
+                sims, img_logits, cap_logits, _, _ = net(x, ids, lens)
+            sims, img_logits, cap_logits = sims.float(), img_logits.float(), cap_logits.float()
+            parts: dict[str, torch.Tensor] = {}
+            if warm:
+                if cfg.noise_handling or self.epoch < cfg.warmup_epochs:
+                    parts["triplet"] = triplet_avg(sims, cfg.warmup_margin).mean()
+                else:  # plain hardest-negative triplet on every pair: the no-noise-handling baseline
+                    m = torch.full((len(idx),), cfg.margin, device=sims.device)
+                    parts["triplet"] = triplet_hardest(sims, m).mean()
+                if cfg.use_pcls:
+                    parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits, cap_logits, cfg.entropy_weight, cfg.entropy_form)
+            else:
+                t = torch.from_numpy(trusted[idx]).to(sims.device)
+                y = torch.from_numpy(y_all[idx]).to(sims.device)
+                if int(t.sum()) >= 2:
+                    st = sims[t][:, t]
+                    parts["triplet"] = triplet_hardest(st, soft_margin(y[t], cfg.margin)).mean()
+                    if cfg.use_pcls:
+                        parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form)
+                u = ~t
+                if cfg.use_pcap and int(u.sum()) > 0 and int(t.sum()) >= 2:
+                    p = l2norm(img_logits.detach().softmax(1))
+                    cos = p[u] @ p[t].t()  # (U, T) pseudo-prediction similarity
+                    s, target = cos.max(1)
+                    keep = s >= cfg.min_pcap_similarity  # soft label 0 below the threshold: no pair
+                    if int(keep.sum()) > 0:
+                        su = sims[u][:, t][keep]
+                        lab = s[keep]
+                        parts["pcap"] = cfg.pcap_weight * pseudo_caption_triplet(su, target[keep], soft_margin(lab, cfg.margin)).mean()
+            if not parts:
+                continue
+            loss = sum(parts.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            for name, v in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(v.detach())
+            self._report(phase, b + 1, batches, 3.0 * (b + 1) / batches, {n: s / (b + 1) for n, s in sums.items()})
+        self.units_done += 3.0
+        return {n: s / batches for n, s in sums.items()}
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def save(self) -> None:
+        state = {
+            "fingerprint": self.cfg.training_fingerprint(),
+            "epoch": self.epoch,
+            "nets": [n.state_dict() for n in self.nets],
+            "opts": [o.state_dict() for o in self.opts],
+            "bank": self.bank,
+            "y": self.y,
+            "w_loss": self.w_loss,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        atomic_torch_save(state, self.workdir / CHECKPOINT)
+
+    def try_resume(self) -> bool:
+        path = self.workdir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["fingerprint"] != self.cfg.training_fingerprint():
+            return False  # another config: start over rather than mix runs
+        for net, sd in zip(self.nets, state["nets"]):
+            net.load_state_dict(sd)
+        for opt, sd in zip(self.opts, state["opts"]):
+            opt.load_state_dict(sd)
+        self.bank, self.y, self.w_loss = state["bank"], state["y"], state["w_loss"]
+        self.epoch, self.history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return True
+
+    def set_lr(self) -> None:
+        cfg = self.cfg
+        lr = cfg.lr * (0.1 if cfg.lr_decay_epoch and self.epoch >= cfg.lr_decay_epoch else 1.0)
+        for opt in self.opts:
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    # --- the job ----------------------------------------------------------------------------------
+    def run(self) -> CurationResult:
+        cfg = self.cfg
+        resumed = self.try_resume()
+        self.units_done = self.epoch * self.n_nets * 4.0
+        while self.epoch < cfg.epochs:
+            self.set_lr()
+            t0 = time.time()
+            losses = [self.train_epoch(k) for k in range(self.n_nets)]
+            t_train = time.time() - t0
+            evals = [self.evaluate(k) for k in range(self.n_nets)]
+            for k, ev in enumerate(evals):
+                self.divide(k, ev)
+            self.epoch += 1
+            n_clean = int(np.sum(self._trusted(0)))
+            self.history.append(
+                {"epoch": self.epoch, "losses": losses, "n_clean": n_clean, "train_seconds": round(t_train, 3),
+                 "pairs_per_s_per_net": round(len(self) * self.n_nets / max(t_train, 1e-9), 1)}
+            )
+            self.save()
+        return self.finish(resumed)
+
+    def __len__(self) -> int:
+        return int(np.sum(~self.empty))
+
+    def finish(self, resumed: bool) -> CurationResult:
+        cfg = self.cfg
+        t0 = time.time()
+        outs = [self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)]
+        score_s = time.time() - t0
+        confidence = np.mean([self.y[k] for k in range(self.n_nets)], axis=0).astype(np.float32)
+        confidence = np.clip(np.where(self.empty, 0.0, confidence), 0.0, 1.0).astype(np.float32)
+        noisy = confidence < cfg.label_threshold
+        pred = np.mean([o.pred for o in outs], axis=0).astype(np.float32)
+        img_emb = cap_emb = None
+        if outs[0].img_emb is not None:
+            img_emb = np.mean([o.img_emb for o in outs], axis=0).astype(np.float32)
+            cap_emb = np.mean([o.cap_emb for o in outs], axis=0).astype(np.float32)
+        self._report("pseudo_caption", 0, 1, 0.0)
+        pc = assign_pseudo_captions(
+            np.nonzero(noisy)[0], np.nonzero(~noisy)[0], pred=pred, img_emb=img_emb, cap_emb=cap_emb,
+            strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity,
+        )
+        n_noisy = int(noisy.sum())
+        metrics = {
+            "n_pairs": self.n,
+            "n_clean": self.n - n_noisy,
+            "n_noisy": n_noisy,
+            "noise_rate": n_noisy / max(self.n, 1),
+            "n_empty_captions": int(self.empty.sum()),
+            "n_pseudo_captioned": int((pc.source >= 0).sum()),
+            "epochs": self.epoch,
+            "resumed": resumed,
+            "device": str(self.device),
+            "seconds": round(time.time() - self.t_start, 3),
+            "score_pairs_per_s": round(self.n_nets * self.n / max(score_s, 1e-9), 1),
+            "history": self.history,
+        }
+        self.units_done = self._total_units()
+        self._report("done", 1, 1, 0.0)
+        return CurationResult(
+            confidence=confidence, noisy=noisy, pseudo_class=pred.argmax(1).astype(np.int64),
+            pcap_source=pc.source, pcap_score=pc.score, metrics=metrics, pred=pred, img_emb=img_emb, cap_emb=cap_emb,
+        )
+
+
+def curate(
+    corpus: Corpus,
+    config: PC2Config | None = None,
+    *,
+    workdir: str | os.PathLike,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CurationResult:
+    """Train PC² on ``corpus`` (resuming from ``workdir`` if a checkpoint is there) and score every pair."""
+    trainer = Trainer(corpus, config or PC2Config(), workdir, progress, should_stop)
+    return trainer.run()

@@ -1,0 +1,91 @@
+"""Pseudo-captions: for each mismatched pair, a caption borrowed from a trusted pair.
+
+Three strategies, all searching every trusted pair through a FAISS inner-product index:
+- ``pred``: the trusted pair whose image pseudo-prediction is most similar (the paper's P-Cap rule);
+- ``embed``: the trusted caption nearest to the noisy image in the trained joint space;
+- ``combo``: candidates from both, re-ranked by the mean of the two cosines.
+The in-batch training form lives in the engine; both share ``best_match``'s ½ rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import index as faiss_index
+
+
+@dataclass
+class PseudoCaptions:
+    source: np.ndarray  # (N,) int64 index of the source pair, -1 where none
+    score: np.ndarray  # (N,) float32 how well the chosen caption fits the image (cosine, clipped to [0, 1])
+    label: np.ndarray  # (N,) float32 soft label: similarity, 0 where below the threshold
+
+
+def soft_label(similarity: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """P-Cap soft label: the similarity itself, zeroed below ``threshold``."""
+    s = np.asarray(similarity, dtype=np.float32)
+    return np.where(s >= threshold, s, 0.0).astype(np.float32)
+
+
+def best_match(xq: np.ndarray, xb: np.ndarray, ids: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine nearest neighbours of each query among ``xb`` rows; returns (D, I) with I mapped to ``ids``."""
+    return faiss_index.nearest_trusted(xq, xb, np.asarray(ids, dtype=np.int64), k=min(k, len(xb)))
+
+
+def assign(
+    targets: np.ndarray,
+    trusted: np.ndarray,
+    *,
+    pred: np.ndarray,
+    img_emb: np.ndarray | None,
+    cap_emb: np.ndarray | None,
+    strategy: str = "combo",
+    threshold: float = 0.5,
+    candidates: int = 10,
+) -> PseudoCaptions:
+    """Choose a trusted source pair for every pair in ``targets`` (indices into the corpus)."""
+    n = len(pred)
+    out = PseudoCaptions(
+        source=np.full(n, -1, dtype=np.int64),
+        score=np.zeros(n, dtype=np.float32),
+        label=np.zeros(n, dtype=np.float32),
+    )
+    targets = np.asarray(targets, dtype=np.int64)
+    trusted = np.asarray(trusted, dtype=np.int64)
+    if len(targets) == 0 or len(trusted) == 0:
+        return out
+    if img_emb is None or cap_emb is None:
+        strategy = "pred"  # non-indexable backbones have no joint vectors
+
+    if strategy == "pred":
+        d, i = best_match(pred[targets], pred[trusted], trusted)
+        src, sim = i[:, 0], d[:, 0]
+    elif strategy == "embed":
+        d, i = best_match(img_emb[targets], cap_emb[trusted], trusted)
+        src, sim = i[:, 0], d[:, 0]
+    else:
+        _, i_emb = best_match(img_emb[targets], cap_emb[trusted], trusted, k=candidates)
+        _, i_pred = best_match(pred[targets], pred[trusted], trusted, k=candidates)
+        cand = np.concatenate([i_emb, i_pred], 1)  # (T, 2k) corpus indices
+        valid = cand >= 0
+        cand_c = np.where(valid, cand, trusted[0])
+        img_n, cap_n = faiss_index.normalize(img_emb), faiss_index.normalize(cap_emb)
+        pred_n = faiss_index.normalize(pred)
+        s_emb = np.einsum("te,tke->tk", img_n[targets], cap_n[cand_c])
+        s_pred = np.einsum("tk,tck->tc", pred_n[targets], pred_n[cand_c])
+        combined = np.where(valid, (s_emb + s_pred) / 2, -np.inf)
+        best = combined.argmax(1)
+        src = cand_c[np.arange(len(targets)), best]
+        sim = combined[np.arange(len(targets)), best]
+
+    if img_emb is not None and cap_emb is not None:
+        img_n, cap_n = faiss_index.normalize(img_emb[targets]), faiss_index.normalize(cap_emb[src])
+        fit = np.sum(img_n * cap_n, axis=1)
+    else:
+        fit = sim
+    out.source[targets] = src
+    out.score[targets] = np.clip(fit, 0.0, 1.0)
+    out.label[targets] = soft_label(sim, threshold)
+    return out
