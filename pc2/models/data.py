@@ -141,3 +141,19 @@ def ragged(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
     return offsets, flat
+
+
+def subset(corpus: Corpus, idx: np.ndarray) -> Corpus:
+    """The pairs ``idx`` of ``corpus`` (features shared, ids copied)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    seqs = [corpus.token_ids[corpus.token_offsets[i] : corpus.token_offsets[i + 1]] for i in idx]
+    offsets, flat = ragged(seqs)
+    return Corpus(
+        features=corpus.features,
+        feature_row=corpus.feature_row[idx],
+        token_offsets=offsets,
+        token_ids=flat,
+        vocab_size=corpus.vocab_size,
+        pair_ids=[corpus.pair_ids[i] for i in idx] if corpus.pair_ids else [],
+        captions=[corpus.captions[i] for i in idx] if corpus.captions else [],
+    )

@@ -117,6 +117,7 @@ class Trainer:
             net.set_feature_stats(mean.to(self.device), std.to(self.device))
         self.opts = [torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for net in self.nets]
         self.bank: list[np.ndarray | None] = [None] * self.n_nets  # previous epoch's image predictions
+        self.po: list[np.ndarray | None] = [None] * self.n_nets  # last prediction oscillation per pair
         self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
         self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
         self.epoch = 0
@@ -197,6 +198,7 @@ class Trainer:
         w_po = None
         if cfg.use_cr and self.bank[k] is not None:
             po = codivide.kl_rows(ev.pred, self.bank[k])
+            self.po[k] = po
             w_po = np.zeros(self.n)
             w_po[usable] = codivide.low_component_posterior(po[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
         self.bank[k] = ev.pred  # every pair, every epoch
@@ -366,6 +368,7 @@ class Trainer:
             "score_pairs_per_s": round(self.n_nets * self.n / max(score_s, 1e-9), 1),
             "history": self.history,
         }
+        save_model(self)
         self.units_done = self._total_units()
         self._report("done", 1, 1, 0.0)
         return CurationResult(
@@ -385,3 +388,83 @@ def curate(
     """Train PC² on ``corpus`` (resuming from ``workdir`` if a checkpoint is there) and score every pair."""
     trainer = Trainer(corpus, config or PC2Config(), workdir, progress, should_stop)
     return trainer.run()
+
+
+# --- trained model: save, load, encode ------------------------------------------------------------
+MODEL = "model.pt"
+
+
+def save_model(trainer: Trainer) -> Path:
+    path = trainer.workdir / MODEL
+    atomic_torch_save(
+        {
+            "config": trainer.cfg.to_dict(),
+            "in_dim": trainer.corpus.features.dim,
+            "vocab_size": trainer.corpus.vocab_size,
+            "nets": [n.state_dict() for n in trainer.nets],
+        },
+        path,
+    )
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[PC2Config, list[PC2Net]]:
+    state = torch.load(Path(path), map_location=device, weights_only=False)
+    cfg = PC2Config.from_dict(state["config"])
+    nets = []
+    for sd in state["nets"]:
+        net = PC2Net(cfg, state["in_dim"], state["vocab_size"]).to(device)
+        net.load_state_dict(sd)
+        net.eval()
+        nets.append(net)
+    return cfg, nets
+
+
+@torch.no_grad()
+def encode_images(nets: list[PC2Net], x: np.ndarray) -> np.ndarray:
+    """Features (B, R, D) -> joint-space vectors (B, E), mean of the networks, L2-normalised."""
+    dev = next(nets[0].parameters()).device
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(dev)
+    if xt.ndim == 2:
+        xt = xt[:, None, :]
+    vecs = [n.backbone.img_vec(n.backbone.encode_images(xt)) for n in nets]
+    return l2norm(torch.stack(vecs).mean(0)).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_captions(nets: list[PC2Net], ids: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    dev = next(nets[0].parameters()).device
+    it, lt = torch.from_numpy(ids).to(dev), torch.from_numpy(np.asarray(lens))
+    vecs = [n.backbone.cap_vec(n.backbone.encode_captions(it, lt)) for n in nets]
+    return l2norm(torch.stack(vecs).mean(0)).cpu().numpy()
+
+
+@torch.no_grad()
+def similarity(nets: list[PC2Net], corpus: Corpus, cfg: PC2Config, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Image-caption similarity over a (test) corpus -> (sims [n_img, n_cap], cap_to_img [n_cap]).
+
+    Images are the distinct feature rows; with ``vse`` this is a product of vectors, with ``sgraf``
+    every pair is scored by the networks (mean of both).
+    """
+    for n in nets:
+        n.eval()
+    rows, cap_to_img = np.unique(corpus.feature_row, return_inverse=True)
+    idx = np.arange(len(corpus))
+    if nets[0].indexable:
+        img = np.concatenate([encode_images(nets, corpus.features.get(rows[s : s + block])) for s in range(0, len(rows), block)])
+        cap = []
+        for s in range(0, len(idx), block):
+            ids, lens = corpus.tokens(idx[s : s + block], cfg.max_tokens)
+            cap.append(encode_captions(nets, ids, lens))
+        return img @ np.concatenate(cap).T, cap_to_img
+    dev = next(nets[0].parameters()).device
+    sims = np.zeros((len(rows), len(idx)), dtype=np.float32)
+    for i in range(0, len(rows), block):
+        x = torch.from_numpy(corpus.features.get(rows[i : i + block])).to(dev)
+        imgs = [n.backbone.encode_images(x) for n in nets]
+        for j in range(0, len(idx), block):
+            ids, lens = corpus.tokens(idx[j : j + block], cfg.max_tokens)
+            it, lt = torch.from_numpy(ids).to(dev), torch.from_numpy(lens)
+            s = [n.backbone.sim(im, n.backbone.encode_captions(it, lt)) for n, im in zip(nets, imgs)]
+            sims[i : i + block, j : j + block] = torch.stack(s).mean(0).float().cpu().numpy()
+    return sims, cap_to_img

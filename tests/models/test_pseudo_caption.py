@@ -1,0 +1,40 @@
+import numpy as np
+
+from pc2.models.pseudo_caption import assign, soft_label
+
+
+def test_soft_label_zeroes_below_half():
+    assert np.allclose(soft_label(np.array([0.2, 0.5, 0.9])), [0.0, 0.5, 0.9])
+
+
+def test_pred_strategy_picks_the_most_similar_trusted_pair():
+    pred = np.array(
+        [
+            [1.0, 0.0, 0.0],  # 0 trusted
+            [0.0, 1.0, 0.0],  # 1 trusted
+            [0.0, 0.0, 1.0],  # 2 trusted
+            [0.1, 0.9, 0.0],  # 3 noisy: closest to 1
+            [0.0, 0.2, 0.8],  # 4 noisy: closest to 2
+            [0.6, 0.0, 0.0],  # 5 noisy but also trusted pair 0 looks alike
+        ],
+        dtype=np.float32,
+    )
+    pc = assign(np.array([3, 4]), np.array([0, 1, 2]), pred=pred, img_emb=None, cap_emb=None, strategy="pred")
+    assert pc.source.tolist() == [-1, -1, -1, 1, 2, -1]
+    cos3 = 0.9 / np.linalg.norm([0.1, 0.9])
+    assert abs(pc.label[3] - cos3) < 1e-5
+
+
+def test_low_similarity_gets_zero_soft_label():
+    pred = np.array([[1.0, 0.0], [0.3, 1.0]], dtype=np.float32)  # cosine 0.287 < 0.5
+    pc = assign(np.array([1]), np.array([0]), pred=pred, img_emb=None, cap_emb=None, strategy="pred")
+    assert pc.source[1] == 0 and pc.label[1] == 0.0
+
+
+def test_embed_strategy_uses_the_joint_space():
+    pred = np.ones((4, 2), dtype=np.float32)  # uninformative predictions
+    img = np.array([[1, 0], [0, 1], [0, 0], [0.1, 1.0]], dtype=np.float32)
+    cap = np.array([[1, 0], [0, 1], [1, 1], [1, 0]], dtype=np.float32)
+    pc = assign(np.array([3]), np.array([0, 1]), pred=pred, img_emb=img, cap_emb=cap, strategy="embed")
+    assert pc.source[3] == 1
+    assert 0.9 < pc.score[3] <= 1.0
