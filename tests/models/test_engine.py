@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from pc2.models import codivide
+from pc2.models.config import PC2Config
+from pc2.models.engine import CHECKPOINT, Cancelled, EvalOut, Trainer, curate
+
+TINY = dict(epochs=4, warmup_epochs=1, embed_dim=48, word_dim=48, num_classes=16, batch_size=64, eval_batch_size=256)
+
+
+def test_training_separates_noisy_from_clean(tiny_corpus, tmp_path):
+    corpus, noisy = tiny_corpus
+    res = curate(corpus, PC2Config(**TINY), workdir=tmp_path)
+    assert res.confidence.shape == (len(corpus),)
+    assert np.all((res.confidence >= 0) & (res.confidence <= 1))
+    assert roc_auc_score(noisy, 1 - res.confidence) >= 0.8
+    assert res.metrics["epochs"] == 4
+    # every pair labelled noisy gets a pseudo-caption from a clean pair
+    assert np.all(res.pcap_source[res.noisy] >= 0)
+    assert np.all(res.pcap_source[~res.noisy] == -1)
+    assert not np.any(res.noisy[res.pcap_source[res.noisy]])
+    # empty captions are noisy
+    empty = corpus.lengths == 0
+    assert empty.any() and res.noisy[empty].all()
+
+
+def test_same_seed_same_confidences(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    cfg = PC2Config(**{**TINY, "epochs": 2})
+    a = curate(corpus, cfg, workdir=tmp_path / "a")
+    b = curate(corpus, cfg, workdir=tmp_path / "b")
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    c = curate(corpus, cfg.replace(seed=1), workdir=tmp_path / "c")
+    assert not np.array_equal(a.confidence, c.confidence)
+
+
+def test_resume_after_interruption_finishes_with_the_same_result(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    cfg = PC2Config(**TINY)
+    full = curate(corpus, cfg, workdir=tmp_path / "full")
+
+    seen = []
+
+    def stop():
+        return len(seen) > 0 and seen[-1] >= 2  # interrupt during epoch 3 after two checkpoints
+
+    def progress(p):
+        seen.append(p.epoch)
+
+    with pytest.raises(Cancelled):
+        curate(corpus, cfg, workdir=tmp_path / "cut", progress=progress, should_stop=stop)
+    ckpt = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
+    assert ckpt["epoch"] == 2
+    resumed = curate(corpus, cfg, workdir=tmp_path / "cut")
+    assert resumed.metrics["resumed"] is True
+    assert resumed.metrics["epochs"] == cfg.epochs == len(resumed.metrics["history"])
+    np.testing.assert_allclose(resumed.confidence, full.confidence, atol=1e-6)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    curate(corpus, PC2Config(**{**TINY, "epochs": 1}), workdir=tmp_path)
+    res = curate(corpus, PC2Config(**{**TINY, "epochs": 1, "lr": 1e-3}), workdir=tmp_path)
+    assert res.metrics["resumed"] is False
+
+
+def test_po_is_the_kl_between_consecutive_epochs_for_every_pair(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    tr = Trainer(corpus, PC2Config(**TINY), tmp_path)
+    n, k = len(corpus), tr.cfg.num_classes
+    rng = np.random.default_rng(0)
+    p1 = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    p2 = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    loss = rng.random(n).astype(np.float32)
+    tr.divide(0, EvalOut(loss, p1))
+    assert tr.po[0] is None and np.array_equal(tr.bank[0], p1)
+    tr.divide(0, EvalOut(loss, p2))
+    np.testing.assert_allclose(tr.po[0], codivide.kl_rows(p2, p1), rtol=1e-6)
+    assert np.array_equal(tr.bank[0], p2)  # bank holds this epoch's predictions for every pair
+
+
+def test_po_bank_tracks_real_predictions_each_epoch(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    tr = Trainer(corpus, PC2Config(**{**TINY, "epochs": 3}), tmp_path)
+    banks = []
+    orig = tr.divide
+
+    def spy(k, ev):
+        prev = None if tr.bank[k] is None else tr.bank[k].copy()
+        orig(k, ev)
+        if prev is not None:
+            np.testing.assert_allclose(tr.po[k], codivide.kl_rows(ev.pred, prev), rtol=1e-5)
+        banks.append(tr.bank[k].copy())
+
+    tr.divide = spy
+    tr.run()
+    assert len(banks) == 3 * tr.n_nets
+    assert not np.array_equal(banks[0], banks[-1])
