@@ -24,6 +24,7 @@ class PC2Config:
     embed_dim: int = 256  # joint-space width
     word_dim: int = 256  # token embedding width
     num_classes: int = 128  # K pseudo-classes of the shared P-Cls head
+    word_skip: bool = True  # add a linear word->joint-space path beside the bi-GRU
     max_tokens: int = 40  # captions are cut to this many tokens
     sgraf_sim_dim: int = 64  # width of SGRAF similarity vectors
     sgraf_steps: int = 2  # SGR graph-reasoning steps

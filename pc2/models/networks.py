@@ -47,9 +47,17 @@ class RegionEncoder(nn.Module):
 class WordEncoder(nn.Module):
     """Token ids (B, L) -> word embeddings (B, L, E) with a bidirectional GRU (E/2 per direction, concatenated)."""
 
-    def __init__(self, vocab_size: int, word_dim: int, embed_dim: int):
+    def __init__(self, vocab_size: int, word_dim: int, embed_dim: int, skip: bool = True):
         super().__init__()
+        # A linear path from each word straight to the joint space lets a rare word's meaning reach
+        # the caption vector without first being learnt through the recurrent weights.
+        self.skip = nn.Linear(word_dim, embed_dim, bias=False) if skip else None
         self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        # Small init: a rare word gets only a few updates per epoch, and from N(0, 1) those few steps
+        # would leave it essentially random.
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
         assert embed_dim % 2 == 0, "embed_dim must be even (two GRU directions)"
         self.gru = nn.GRU(word_dim, embed_dim // 2, batch_first=True, bidirectional=True)
 
@@ -58,7 +66,7 @@ class WordEncoder(nn.Module):
         # Run on the padded batch: packing costs ~2.5x on CPU, and the backward direction only sees
         # zero inputs before a caption's last token; readers mask padded positions out.
         out, _ = self.gru(x)  # (B, L, E)
-        return out
+        return out if self.skip is None else out + self.skip(x)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,7 +87,7 @@ class VSE(nn.Module):
     def __init__(self, cfg: PC2Config, in_dim: int, vocab_size: int):
         super().__init__()
         self.img = RegionEncoder(in_dim, cfg.embed_dim)
-        self.txt = WordEncoder(vocab_size, cfg.word_dim, cfg.embed_dim)
+        self.txt = WordEncoder(vocab_size, cfg.word_dim, cfg.embed_dim, cfg.word_skip)
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         r = self.img(x)  # (B, R, E)
@@ -115,7 +123,7 @@ class SGRAF(nn.Module):
         super().__init__()
         e, s = cfg.embed_dim, cfg.sgraf_sim_dim
         self.img = RegionEncoder(in_dim, e)
-        self.txt = WordEncoder(vocab_size, cfg.word_dim, e)
+        self.txt = WordEncoder(vocab_size, cfg.word_dim, e, cfg.word_skip)
         self.local_w = nn.Linear(e, s)
         self.global_w = nn.Linear(e, s)
         self.graph_q = nn.ModuleList([nn.Linear(s, s) for _ in range(cfg.sgraf_steps)])
