@@ -95,7 +95,8 @@ def cmd_curate(args) -> int:
     prepared_dir = workdir / "prepared"
     if not (prepared_dir / "corpus.json").exists():
         kwargs = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size}
-        print(f"validating and tokenizing into {prepared_dir} ...", file=sys.stderr)
+        if not args.quiet and sys.stderr.isatty():
+            print(f"validating and tokenizing into {prepared_dir} ...", file=sys.stderr)
         if args.precomp:
             ingest.prepare_precomp(args.precomp, args.split, prepared_dir, **kwargs)
         else:
@@ -106,8 +107,13 @@ def cmd_curate(args) -> int:
         result = curate(prepared.corpus, cfg, workdir=workdir / "train", progress=bar)
     finally:
         bar.close()
+    from pc2.models.search import DEFAULT_DUPLICATE_THRESHOLD, build_job_indexes, duplicate_groups
+
+    dup_of = duplicate_groups(prepared.corpus, getattr(args, "dedup_threshold", None) or DEFAULT_DUPLICATE_THRESHOLD)
+    result.metrics["n_duplicates"] = int((dup_of >= 0).sum())
+    build_job_indexes(workdir / "train", noisy=result.noisy)  # `pc2 search` reads these
     manifest = pq.read_table(prepared_dir / "manifest.parquet")
-    write_parquet(annotate(manifest, prepared.corpus, result), out)
+    write_parquet(annotate(manifest, prepared.corpus, result, duplicate_of=dup_of), out)
     m = result.metrics
     summary = {
         "pairs": m["n_pairs"],
@@ -115,6 +121,7 @@ def cmd_curate(args) -> int:
         "noisy": m["n_noisy"],
         "estimated_noise_rate": round(m["noise_rate"], 4),
         "pseudo_captioned": m["n_pseudo_captioned"],
+        "duplicates": m["n_duplicates"],
         "epochs": m["epochs"],
         "resumed": m["resumed"],
         "seconds": round(time.time() - t0, 1),
@@ -155,9 +162,12 @@ def cmd_bench(args) -> int:
 def cmd_search(args) -> int:
     from pc2.models import search
 
-    hits = search.search_job_dir(
-        args.job_dir, text=args.text, pair_id=args.pair_id, direction=args.direction, k=args.k, label=args.label
-    )
+    try:
+        hits = search.search_job_dir(
+            args.job_dir, text=args.text, pair_id=args.pair_id, direction=args.direction, k=args.k, label=args.label
+        )
+    except search.SearchError as e:  # a query the user can fix: one line, exit 2
+        raise InputProblem(str(e)) from None
     for h in hits:
         print(json.dumps(h, ensure_ascii=False))
     return 0
@@ -189,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", default="bpe", help="bpe (train on the captions), a tokenizer.json, or ids")
     c.add_argument("--vocab-size", type=int, default=10000)
     c.add_argument("--workdir", help="job directory for checkpoints (default: OUTPUT stem + .pc2); rerun to resume")
+    c.add_argument("--dedup-threshold", type=float, default=0.97, help="cosine at which two images count as near-duplicates")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_curate)
@@ -216,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("job_dir")
     q.add_argument("--text")
     q.add_argument("--pair-id")
-    q.add_argument("--direction", default="text2image", choices=["text2image", "image2text", "image2image"])
+    q.add_argument("--direction", default="text2image", choices=["text2image", "image2text", "image2image", "text2text"])
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--label", choices=["clean", "noisy"])
     q.set_defaults(func=cmd_search)
@@ -243,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "rest"):  # only the service passthrough commands take options we do not know
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = extra + list(args.rest)
     from pc2.models.config import ConfigError
 
     user_errors: tuple[type[BaseException], ...] = (InputProblem, ConfigError, FileNotFoundError)

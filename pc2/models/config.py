@@ -45,9 +45,12 @@ class PC2Config:
     margin: float = 0.2  # alpha_0: the largest triplet margin (clean label y=1)
     warmup_margin: float = 0.2  # margin of the warm-up triplet (averaged over negatives)
     codivide_margin: float = 0.2  # fixed margin of the per-pair loss fed to the co-divide GMM
+    pcls_symmetric: bool = False  # also train the caption prediction q against arg-max p
+    pcap_center: bool = False  # P-Cap compares batch-centred predictions
     pcls_weight: float = 1.0  # weight of the P-Cls cross-entropy
     entropy_weight: float = 1.0  # lambda on H(mean prediction over the batch)
     entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
+    trusted_negatives: Literal["hardest", "average"] = "hardest"  # negatives of the soft-margin triplet on trusted pairs
     pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
 
     # --- PC² components (ablation switches) ---
@@ -84,6 +87,7 @@ class PC2Config:
             "backbone": ("vse", "sgraf"),
             "entropy_form": ("batch_mean", "per_sample"),
             "pseudo_caption_strategy": ("pred", "embed", "combo"),
+            "trusted_negatives": ("hardest", "average"),
         }
         for key, allowed in literals.items():
             if getattr(self, key) not in allowed:

@@ -24,6 +24,7 @@ from .networks import PC2Net, l2norm
 from .pseudo_caption import assign as assign_pseudo_captions
 
 CHECKPOINT = "checkpoint.pt"
+TIE_BREAK = 0.02  # share of the loss rank in the final confidence
 
 
 class Cancelled(Exception):
@@ -120,6 +121,7 @@ class Trainer:
         self.po: list[np.ndarray | None] = [None] * self.n_nets  # last prediction oscillation per pair
         self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
         self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
+        self.loss_rank: list[np.ndarray | None] = [None] * self.n_nets  # normalised rank of each pair's loss
         self.epoch = 0
         self.t_start = time.time()
         self.units_done = 0.0
@@ -203,6 +205,7 @@ class Trainer:
             w_po[usable] = codivide.low_component_posterior(po[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
         self.bank[k] = ev.pred  # every pair, every epoch
         self.w_loss[k] = w_loss
+        self.loss_rank[k] = (np.argsort(np.argsort(ev.loss, kind="stable"), kind="stable") / max(self.n - 1, 1)).astype(np.float32)
         y = np.where(w_loss > cfg.clean_threshold, codivide.rectify(w_loss, w_po), w_loss)
         self.y[k] = np.where(self.empty, 0.0, y).astype(np.float32)
 
@@ -237,18 +240,22 @@ class Trainer:
                     m = torch.full((len(idx),), cfg.margin, device=sims.device)
                     parts["triplet"] = triplet_hardest(sims, m).mean()
                 if cfg.use_pcls:
-                    parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits, cap_logits, cfg.entropy_weight, cfg.entropy_form)
+                    parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits, cap_logits, cfg.entropy_weight, cfg.entropy_form, cfg.pcls_symmetric)
             else:
                 t = torch.from_numpy(trusted[idx]).to(sims.device)
                 y = torch.from_numpy(y_all[idx]).to(sims.device)
                 if int(t.sum()) >= 2:
                     st = sims[t][:, t]
-                    parts["triplet"] = triplet_hardest(st, soft_margin(y[t], cfg.margin)).mean()
+                    loss_fn = triplet_hardest if cfg.trusted_negatives == "hardest" else triplet_avg
+                    parts["triplet"] = loss_fn(st, soft_margin(y[t], cfg.margin)).mean()
                     if cfg.use_pcls:
-                        parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form)
+                        parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form, cfg.pcls_symmetric)
                 u = ~t
                 if cfg.use_pcap and int(u.sum()) > 0 and int(t.sum()) >= 2:
-                    p = l2norm(img_logits.detach().softmax(1))
+                    p = img_logits.detach().softmax(1)
+                    if cfg.pcap_center:  # flat predictions are all alike: compare what sets them apart
+                        p = p - p.mean(0, keepdim=True)
+                    p = l2norm(p)
                     cos = p[u] @ p[t].t()  # (U, T) pseudo-prediction similarity
                     s, target = cos.max(1)
                     keep = s >= cfg.min_pcap_similarity  # soft label 0 below the threshold: no pair
@@ -280,6 +287,7 @@ class Trainer:
             "bank": self.bank,
             "y": self.y,
             "w_loss": self.w_loss,
+            "loss_rank": self.loss_rank,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
@@ -297,6 +305,7 @@ class Trainer:
         for opt, sd in zip(self.opts, state["opts"]):
             opt.load_state_dict(sd)
         self.bank, self.y, self.w_loss = state["bank"], state["y"], state["w_loss"]
+        self.loss_rank = state["loss_rank"]
         self.epoch, self.history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -335,14 +344,28 @@ class Trainer:
     def __len__(self) -> int:
         return int(np.sum(~self.empty))
 
+    def confidence(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean rectified soft label of the networks; the label comes from it alone.
+
+        GMM posteriors saturate (and the monotone fix makes plateaus), so many pairs would tie at 0 or
+        1; a small share of the loss rank orders pairs within those plateaus without moving any pair
+        across the label threshold by more than ``TIE_BREAK``.
+        """
+        y = np.mean([self.y[k] for k in range(self.n_nets)], axis=0)
+        noisy = (y < self.cfg.label_threshold) | self.empty
+        rank = np.mean([self.loss_rank[k] for k in range(self.n_nets)], axis=0)
+        conf = (1 - TIE_BREAK) * y + TIE_BREAK * (1.0 - rank)
+        conf = np.where(self.empty, 0.0, conf)
+        # keep the label and the number consistent at the threshold
+        conf = np.where(noisy, np.minimum(conf, np.nextafter(np.float32(self.cfg.label_threshold), np.float32(0))), np.maximum(conf, self.cfg.label_threshold))
+        return np.clip(conf, 0.0, 1.0).astype(np.float32), noisy
+
     def finish(self, resumed: bool) -> CurationResult:
         cfg = self.cfg
         t0 = time.time()
         outs = [self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)]
         score_s = time.time() - t0
-        confidence = np.mean([self.y[k] for k in range(self.n_nets)], axis=0).astype(np.float32)
-        confidence = np.clip(np.where(self.empty, 0.0, confidence), 0.0, 1.0).astype(np.float32)
-        noisy = confidence < cfg.label_threshold
+        confidence, noisy = self.confidence()
         pred = np.mean([o.pred for o in outs], axis=0).astype(np.float32)
         img_emb = cap_emb = None
         if outs[0].img_emb is not None:
@@ -369,6 +392,7 @@ class Trainer:
             "history": self.history,
         }
         save_model(self)
+        save_vectors(self.workdir, pred=pred, img_emb=img_emb, cap_emb=cap_emb)
         self.units_done = self._total_units()
         self._report("done", 1, 1, 0.0)
         return CurationResult(
@@ -406,6 +430,19 @@ def save_model(trainer: Trainer) -> Path:
         path,
     )
     return path
+
+
+def save_vectors(workdir: Path, **arrays: np.ndarray | None) -> None:
+    """``pred.npy``, ``img_emb.npy``, ``cap_emb.npy`` beside the model, for indexes and search."""
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        tmp = workdir / f".{name}.tmp.npy"
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, workdir / f"{name}.npy")
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[PC2Config, list[PC2Net]]:

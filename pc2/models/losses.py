@@ -15,15 +15,19 @@ def _off_diagonal(n: int, device) -> torch.Tensor:
     return ~torch.eye(n, dtype=torch.bool, device=device)
 
 
-def triplet_avg(sims: torch.Tensor, margin: float) -> torch.Tensor:
-    """Per-anchor hinge averaged over all in-batch negatives, both directions. sims (B, B) -> (B,)."""
+def triplet_avg(sims: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+    """Per-anchor hinge averaged over all in-batch negatives, both directions. sims (B, B) -> (B,).
+
+    ``margin`` is a number or one margin per anchor pair (B,).
+    """
     n = sims.shape[0]
     if n < 2:
         return sims.new_zeros(n)
     pos = sims.diagonal()
     off = _off_diagonal(n, sims.device)
-    i2t = (margin + sims - pos[:, None]).clamp(min=0) * off  # row i: image i against captions j
-    t2i = (margin + sims - pos[None, :]).clamp(min=0) * off  # column j: caption j against images i
+    m = margin if isinstance(margin, torch.Tensor) else torch.full((n,), float(margin), device=sims.device)
+    i2t = (m[:, None] + sims - pos[:, None]).clamp(min=0) * off  # row i: image i against captions j
+    t2i = (m[None, :] + sims - pos[None, :]).clamp(min=0) * off  # column j: caption j against images i
     return (i2t.sum(1) + t2i.sum(0)) / (n - 1)
 
 
@@ -59,7 +63,7 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * torch.log(p.clamp(min=1e-12))).sum(dim)
 
 
-def pcls_loss(img_logits: torch.Tensor, cap_logits: torch.Tensor, lam: float, form: str = "batch_mean") -> torch.Tensor:
+def pcls_loss(img_logits: torch.Tensor, cap_logits: torch.Tensor, lam: float, form: str = "batch_mean", symmetric: bool = False) -> torch.Tensor:
     """Cross-entropy of the image prediction p against arg-max of the caption prediction q, minus lam*H.
 
     ``batch_mean`` subtracts the entropy of the batch-mean p (keeps classes from collapsing into one);
@@ -69,4 +73,10 @@ def pcls_loss(img_logits: torch.Tensor, cap_logits: torch.Tensor, lam: float, fo
     ce = F.cross_entropy(img_logits, target)
     p = img_logits.softmax(1)
     h = entropy(p.mean(0)) if form == "batch_mean" else entropy(p).mean()
-    return ce - lam * h
+    if not symmetric:
+        return ce - lam * h
+    # Both modalities learn the class structure: q against arg-max p as well.
+    q = cap_logits.softmax(1)
+    ce_q = F.cross_entropy(cap_logits, img_logits.detach().argmax(1))
+    h_q = entropy(q.mean(0)) if form == "batch_mean" else entropy(q).mean()
+    return (ce + ce_q) / 2 - lam * (h + h_q) / 2

@@ -22,8 +22,13 @@ class ExportError(ValueError):
         self.field = field
 
 
-def result_columns(corpus: Corpus, result, start: int = 0, stop: int | None = None) -> dict[str, pa.Array]:
-    """Result columns for pairs ``start:stop`` (corpus order)."""
+def result_columns(corpus: Corpus, result, start: int = 0, stop: int | None = None,
+                   duplicate_of: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """Result columns for pairs ``start:stop`` (corpus order).
+
+    ``duplicate_of`` (int ``[N]``, from ``search.duplicate_groups``: representative pair index or -1)
+    adds a ``duplicate_of`` column holding the representative's ``pair_id`` (null for none).
+    """
     stop = len(corpus) if stop is None else stop
     sl = slice(start, stop)
     noisy = result.noisy[sl]
@@ -34,7 +39,7 @@ def result_columns(corpus: Corpus, result, start: int = 0, stop: int | None = No
     pcap = [captions[s] if h else None for s, h in zip(src.tolist(), has.tolist())]
     pcap_src = [pair_ids[s] if h else None for s, h in zip(src.tolist(), has.tolist())]
     score = np.where(has, result.pcap_score[sl], np.nan).astype(np.float32)
-    return {
+    cols = {
         "confidence": pa.array(result.confidence[sl].astype(np.float32)),
         "label": pa.array(np.where(noisy, "noisy", "clean")),
         "pseudo_class": pa.array(result.pseudo_class[sl].astype(np.int64)),
@@ -42,13 +47,20 @@ def result_columns(corpus: Corpus, result, start: int = 0, stop: int | None = No
         "pseudo_caption_source": pa.array(pcap_src, type=pa.string()),
         "pseudo_caption_score": pa.array(score, mask=~has),
     }
+    if duplicate_of is not None:
+        dup = np.asarray(duplicate_of, dtype=np.int64)
+        assert dup.shape == (len(corpus),), "duplicate_of must have one entry per pair"
+        cols["duplicate_of"] = pa.array([pair_ids[d] if d >= 0 else None for d in dup[sl].tolist()], type=pa.string())
+    return cols
 
 
-def annotate(manifest: pa.Table, corpus: Corpus, result) -> pa.Table:
-    """The manifest's own columns (unchanged, same order) followed by the result columns."""
+def annotate(manifest: pa.Table, corpus: Corpus, result, duplicate_of: np.ndarray | None = None) -> pa.Table:
+    """The manifest's own columns (unchanged, same order) followed by the result columns
+    (and ``duplicate_of`` when near-duplicate groups are given)."""
     assert manifest.num_rows == len(corpus), "manifest and corpus must describe the same pairs"
-    table = manifest.drop_columns([c for c in RESULT_COLUMNS + ("final_caption",) if c in manifest.column_names])
-    for name, arr in result_columns(corpus, result).items():
+    ours = RESULT_COLUMNS + ("final_caption",) + (("duplicate_of",) if duplicate_of is not None else ())
+    table = manifest.drop_columns([c for c in ours if c in manifest.column_names])
+    for name, arr in result_columns(corpus, result, duplicate_of=duplicate_of).items():
         table = table.append_column(name, arr)
     return table
 

@@ -95,7 +95,8 @@ def run_job(s: Settings, job_id: str) -> str:
             result = curate(corpus, config, workdir=workdir,
                             progress=ProgressWriter(s.database_url, job_id, me, s.PROGRESS_INTERVAL_S),
                             should_stop=stop)
-            _store_results(s, job_id, me, ds, corpus, result)
+            dup_of = _duplicates_and_indexes(s, workdir, corpus, result)
+            _store_results(s, job_id, me, ds, corpus, result, dup_of)
         except Cancelled:
             if stop.cancelled and not stop.lost:
                 _set_terminal(s, job_id, me, status="cancelled")
@@ -110,12 +111,24 @@ def run_job(s: Settings, job_id: str) -> str:
     return "succeeded"
 
 
-def _store_results(s: Settings, job_id: str, me: str, ds: Dataset, corpus: Any, result: Any) -> None:
+def _duplicates_and_indexes(s: Settings, workdir: Any, corpus: Any, result: Any) -> Any:
+    """Near-duplicate groups (counted in the metrics) and the search indexes, before the job succeeds
+    so that a succeeded job is always searchable."""
+    from pc2.models.search import DEFAULT_DUPLICATE_THRESHOLD, build_job_indexes, duplicate_groups
+
+    dup_of = duplicate_groups(corpus, float(getattr(s, "DEDUP_THRESHOLD", DEFAULT_DUPLICATE_THRESHOLD)))
+    result.metrics["n_duplicates"] = int((dup_of >= 0).sum())
+    build_job_indexes(workdir, noisy=result.noisy)
+    return dup_of
+
+
+def _store_results(s: Settings, job_id: str, me: str, ds: Dataset, corpus: Any, result: Any,
+                   dup_of: Any = None) -> None:
     """Annotated Parquet to the store, then rows + success in one transaction (or none of it)."""
     from pc2.models.results import annotate
 
     manifest = pq.read_table(layout.prepared_dir(s, store(s), ds.id) / "manifest.parquet")
-    table = annotate(manifest, corpus, result)
+    table = annotate(manifest, corpus, result, duplicate_of=dup_of)
     tmp = atomic_local_target(layout.job_workdir(s, job_id) / "annotated.parquet")
     pq.write_table(table, tmp, compression="zstd")
     store(s).move_in(tmp, layout.annotated_key(job_id))

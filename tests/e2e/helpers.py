@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 
 RESULT_COLUMNS = ["confidence", "label", "pseudo_class", "pseudo_caption", "pseudo_caption_source",
-                  "pseudo_caption_score"]
+                  "pseudo_caption_score", "duplicate_of"]
 
 
 class WebhookReceiver:

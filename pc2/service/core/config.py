@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     DATA_DIR: Path = Path(".pc2")  # SQLite file, embedded broker folders, artifacts, local key
     DATABASE_URL: str | None = None  # None: sqlite:///DATA_DIR/pc2.db
     BROKER_URL: str | None = None  # None: embedded file-system broker under DATA_DIR/broker
+    DEDUP_THRESHOLD: float = 0.97  # cosine of mean-pooled image features at which images are near-duplicates
     ARTIFACT_URL: str | None = None  # fsspec URL of the artifact store; None: DATA_DIR/artifacts
     # Server-side paths/URLs a JSON dataset request may reference (comma-separated in the env).
     ALLOWED_ROOTS: Annotated[list[str], NoDecode] = []
