@@ -256,7 +256,6 @@ def speed(args, out: Path) -> int:
             done += len(idx)
         train_rate = done / (time.perf_counter() - t0)
         n_score = min(len(train), 8192 if not over else 512)
-        sub_idx = np.arange(n_score)
         t0 = time.perf_counter()
         tr.n = n_score  # score the first n_score pairs
         tr.evaluate(0)

@@ -64,7 +64,7 @@ class PC2Config:
 
     # --- results ---
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
-    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "combo"  # see pseudo_caption.py
+    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "embed"  # best measured in BENCHMARKS.md; see pseudo_caption.py
     min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
     eval_batch_size: int = 512
 

@@ -120,12 +120,13 @@ class Corpus:
         (d / "text.json").write_text(json.dumps({"pair_ids": self.pair_ids, "captions": self.captions}, ensure_ascii=False))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Corpus":
+    def load(cls, directory: str | os.PathLike, feature_paths: Sequence[str] | None = None) -> "Corpus":
+        """Read a prepared corpus; ``feature_paths`` overrides the shard paths it recorded."""
         d = Path(directory)
         meta = json.loads((d / "corpus.json").read_text())
-        text = json.loads((d / "text.json").read_text())
+        text = json.loads((d / "text.json").read_text(encoding="utf-8"))
         return cls(
-            features=FeatureStore.open(meta["feature_paths"]),
+            features=FeatureStore.open(feature_paths if feature_paths is not None else meta["feature_paths"]),
             feature_row=np.load(d / "feature_row.npy"),
             token_offsets=np.load(d / "token_offsets.npy"),
             token_ids=np.load(d / "token_ids.npy", mmap_mode="r"),

@@ -1011,16 +1011,7 @@ def _load_corpus(d: Path) -> Corpus:
         if not Path(p).exists() and (d / Path(p).name).exists():
             p = str(d / Path(p).name)
         paths.append(p)
-    text = json.loads((d / "text.json").read_text(encoding="utf-8"))
-    return Corpus(
-        features=FeatureStore.open(paths),
-        feature_row=np.load(d / "feature_row.npy"),
-        token_offsets=np.load(d / "token_offsets.npy"),
-        token_ids=np.load(d / "token_ids.npy", mmap_mode="r"),
-        vocab_size=int(meta["vocab_size"]),
-        pair_ids=text["pair_ids"],
-        captions=text["captions"],
-    )
+    return Corpus.load(d, feature_paths=paths)
 
 
 def load_prepared(directory: str | os.PathLike) -> PreparedCorpus:

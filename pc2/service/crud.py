@@ -149,11 +149,15 @@ def _enqueue(session: Session, settings: Settings, task: str, row: Dataset | Job
         raise
 
 
+def _owned(session: Session, team: Team, model: Any, kind: str, id_: str) -> Any:
+    row = session.get(model, id_)
+    if row is None or row.team_id != team.id:
+        raise NotFound(kind, id_)  # another team's id looks exactly like a missing one
+    return row
+
+
 def get_dataset(*, session: Session, team: Team, dataset_id: str) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
-    if ds is None or ds.team_id != team.id:
-        raise NotFound("dataset", dataset_id)  # another team's id looks exactly like a missing one
-    return ds
+    return _owned(session, team, Dataset, "dataset", dataset_id)
 
 
 def list_datasets(*, session: Session, team: Team, skip: int, limit: int) -> tuple[list[Dataset], int]:
@@ -204,10 +208,7 @@ def create_job(*, session: Session, settings: Settings, team: Team, spec: JobCre
 
 
 def get_job(*, session: Session, team: Team, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.team_id != team.id:
-        raise NotFound("job", job_id)
-    return job
+    return _owned(session, team, Job, "job", job_id)
 
 
 def list_jobs(*, session: Session, team: Team, skip: int, limit: int, status: str | None = None,
@@ -275,7 +276,4 @@ def create_export(*, session: Session, settings: Settings, team: Team, job_id: s
 
 
 def get_export(*, session: Session, team: Team, export_id: str) -> Export:
-    exp = session.get(Export, export_id)
-    if exp is None or exp.team_id != team.id:
-        raise NotFound("export", export_id)
-    return exp
+    return _owned(session, team, Export, "export", export_id)
