@@ -39,7 +39,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pc2.models import tokenizer as tk
-from pc2.models.data import Corpus, FeatureStore
+from pc2.models.data import Corpus, FeatureStore, NpyShard
 from pc2.models.errors import MAX_LISTED_ROWS, FeatureError, InputError, ManifestError, SourceError
 from pc2.models.extract import ImageDecodeError, SourcePolicy, check_uri, open_uri
 
@@ -434,8 +434,9 @@ def check_features(paths: Sequence[str | os.PathLike], *, progress: ProgressFn |
         per_row = max(1, a[0].nbytes) if len(a) else 1
         block = max(1, FEATURE_BLOCK_BYTES // per_row)
         bad, n_bad = [], 0
+        shard = NpyShard(p)  # explicit reads: scanning a memory map would leave the whole file resident
         for s in range(0, len(a), block):
-            ok = np.isfinite(a[s : s + block]).reshape(min(block, len(a) - s), -1).all(axis=1)
+            ok = np.isfinite(shard.rows(s, s + block)).reshape(min(block, len(a) - s), -1).all(axis=1)
             if not ok.all():
                 idx = np.flatnonzero(~ok) + s
                 n_bad += len(idx)
