@@ -49,7 +49,8 @@ def test_curate_end_to_end_separates_noisy_pairs(corpus600, tmp_path):
     assert summary["noisy"] == int((labels == "noisy").sum())
     has = np.asarray([p is not None for p in table["pseudo_caption"].to_pylist()])
     assert np.array_equal(has, labels == "noisy")
-    assert elapsed < 60, f"pc2 curate on 600 pairs took {elapsed:.1f}s"
+    # Wall time is reported, not asserted: timed assertions flake on shared machines.
+    print(f"pc2 curate on 600 pairs: {elapsed:.1f}s")
 
 
 def _run(argv, capsys):
