@@ -232,7 +232,6 @@ def speed(args, out: Path) -> int:
         cfg = PC2Config.from_dict({**over, "epochs": 1, "warmup_epochs": 1})
         tr = Trainer(train, cfg, out / "speed_runs" / name.split()[0])
         nb = args.speed_batches if over else max(args.speed_batches, 60)
-        tr.net_pairs = 0
         net, opt = tr.nets[0], tr.opts[0]
         net.train()
         order = np.random.default_rng(0).permutation(len(train))

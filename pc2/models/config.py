@@ -98,11 +98,12 @@ class PC2Config:
     def from_dict(cls, data: dict[str, Any]) -> "PC2Config":
         """Build from a plain dict; unknown keys and wrong types raise ``ConfigError``."""
         known = {f.name: f for f in fields(cls)}
+        defaults = cls()
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in known:
                 raise ConfigError(key, "unknown key")
-            default = getattr(cls(), key)
+            default = getattr(defaults, key)
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigError(key, f"expected a boolean, got {value!r}")

@@ -122,6 +122,7 @@ class Trainer:
         self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
         self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
         self.loss_rank: list[np.ndarray | None] = [None] * self.n_nets  # normalised rank of each pair's loss
+        self.n_clean: int | None = None  # size of net A's trusted split, for progress reports
         self.epoch = 0
         self.t_start = time.time()
         self.units_done = 0.0
@@ -142,9 +143,8 @@ class Trainer:
         elapsed = time.time() - self.t_start
         eta = elapsed * (1 - frac) / frac if frac > 0.01 else None
         split = {}
-        if self.w_loss[0] is not None:
-            clean = int(np.sum(self._trusted(0)))
-            split = {"n_clean": clean, "n_noisy": self.n - clean}
+        if self.n_clean is not None:  # counted once per split, not on every batch
+            split = {"n_clean": self.n_clean, "n_noisy": self.n - self.n_clean}
         self.progress_cb(
             Progress(phase, self.epoch, self.cfg.epochs, batch, batches, frac, eta, dict(losses or {}), split)
         )
@@ -208,6 +208,8 @@ class Trainer:
         self.loss_rank[k] = (np.argsort(np.argsort(ev.loss, kind="stable"), kind="stable") / max(self.n - 1, 1)).astype(np.float32)
         y = np.where(w_loss > cfg.clean_threshold, codivide.rectify(w_loss, w_po), w_loss)
         self.y[k] = np.where(self.empty, 0.0, y).astype(np.float32)
+        if all(w is not None for w in self.w_loss):
+            self.n_clean = int(np.sum(self._trusted(0)))
 
     def train_epoch(self, k: int) -> dict[str, float]:
         cfg, net, opt = self.cfg, self.nets[k], self.opts[k]
@@ -306,6 +308,8 @@ class Trainer:
             opt.load_state_dict(sd)
         self.bank, self.y, self.w_loss = state["bank"], state["y"], state["w_loss"]
         self.loss_rank = state["loss_rank"]
+        if all(w is not None for w in self.w_loss):
+            self.n_clean = int(np.sum(self._trusted(0)))
         self.epoch, self.history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -333,7 +337,7 @@ class Trainer:
             for k, ev in enumerate(evals):
                 self.divide(k, ev)
             self.epoch += 1
-            n_clean = int(np.sum(self._trusted(0)))
+            n_clean = self.n_clean
             self.history.append(
                 {"epoch": self.epoch, "losses": losses, "n_clean": n_clean, "train_seconds": round(t_train, 3),
                  "pairs_per_s_per_net": round(len(self) * self.n_nets / max(t_train, 1e-9), 1)}
