@@ -59,8 +59,9 @@ class PC2Config:
     use_cr: bool = True  # prediction-oscillation correspondence rectification
     use_cotrain: bool = True  # A trains on B's split and vice versa (False: own split)
     noise_handling: bool = True  # False: plain triplet on all pairs for every epoch (baseline)
-    clean_threshold: float = 0.5  # w_loss above this puts a pair in the trusted split
+    clean_threshold: float = 0.95  # w_loss above this puts a pair in the trusted split (conservative: see BENCHMARKS.md)
     gmm_max_iter: int = 20
+    codivide_scale: Literal["log", "linear"] = "log"  # fit the co-divide GMM on log(loss): see codivide.log_scale
 
     # --- results ---
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
@@ -88,6 +89,7 @@ class PC2Config:
             "entropy_form": ("batch_mean", "per_sample"),
             "pseudo_caption_strategy": ("pred", "embed", "combo"),
             "trusted_negatives": ("hardest", "average"),
+            "codivide_scale": ("log", "linear"),
         }
         for key, allowed in literals.items():
             if getattr(self, key) not in allowed:

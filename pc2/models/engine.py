@@ -196,7 +196,10 @@ class Trainer:
         cfg = self.cfg
         usable = ~self.empty
         w_loss = np.zeros(self.n)
-        w_loss[usable] = codivide.low_component_posterior(ev.loss[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
+        loss = ev.loss[usable]
+        if cfg.codivide_scale == "log":
+            loss = codivide.log_scale(loss)
+        w_loss[usable] = codivide.low_component_posterior(loss, max_iter=cfg.gmm_max_iter, seed=cfg.seed)
         w_po = None
         if cfg.use_cr and self.bank[k] is not None:
             po = codivide.kl_rows(ev.pred, self.bank[k])

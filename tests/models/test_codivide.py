@@ -1,6 +1,6 @@
 import numpy as np
 
-from pc2.models.codivide import kl_rows, low_component_posterior, rectify
+from pc2.models.codivide import kl_rows, log_scale, low_component_posterior, rectify
 
 
 def test_gmm_split_recovers_a_known_two_component_mixture():
@@ -37,3 +37,27 @@ def test_rectify_lifts_only_stable_pairs():
     y = rectify(w_loss, w_po)
     assert np.allclose(y, [0.6 + 0.4 * 0.8, 0.6, 0.9 + 0.1 * 1.0])
     assert np.allclose(rectify(w_loss, None), w_loss)
+
+
+def _lognormal_losses(seed: int = 0):
+    """Per-pair losses shaped like the engine's: both modes log-normal, the noisy one higher and wider."""
+    rng = np.random.default_rng(seed)
+    clean = np.exp(rng.normal(np.log(0.011), 0.8, 5000))
+    noisy = np.exp(rng.normal(np.log(0.07), 1.0, 5000))
+    return np.concatenate([clean, noisy]), np.r_[np.zeros(5000, bool), np.ones(5000, bool)]
+
+
+def test_log_scale_gmm_estimates_the_noise_rate_of_log_normal_losses():
+    loss, noisy = _lognormal_losses()
+    est_log = (low_component_posterior(log_scale(loss)) < 0.5).mean()
+    assert abs(est_log - 0.5) < 0.1
+    # on the raw scale the high component fits the long tail and most noisy pairs look clean
+    est_linear = (low_component_posterior(loss) < 0.5).mean()
+    assert est_linear < 0.3
+
+
+def test_log_scale_keeps_the_order_and_handles_zero_losses():
+    x = np.array([0.0, 0.0, 1e-4, 0.02, 0.5])
+    y = log_scale(x)
+    assert np.all(np.isfinite(y))
+    assert np.all(np.diff(y) >= 0) and y[0] == y[1] and y[2] > y[1]

@@ -98,3 +98,23 @@ def test_po_bank_tracks_real_predictions_each_epoch(tiny_corpus, tmp_path):
     tr.run()
     assert len(banks) == 3 * tr.n_nets
     assert not np.array_equal(banks[0], banks[-1])
+
+
+@pytest.mark.parametrize("scale", ["log", "linear"])
+def test_divide_fits_the_split_on_the_configured_loss_scale(tiny_corpus, tmp_path, scale):
+    corpus, _ = tiny_corpus
+    tr = Trainer(corpus, PC2Config(**{**TINY, "codivide_scale": scale}), tmp_path)
+    n, k = len(corpus), tr.cfg.num_classes
+    rng = np.random.default_rng(3)
+    half = n // 2
+    loss = np.exp(np.r_[rng.normal(np.log(0.011), 0.8, half), rng.normal(np.log(0.07), 1.0, n - half)]).astype(np.float32)
+    tr.divide(0, EvalOut(loss, np.full((n, k), 1.0 / k, np.float32)))
+    usable = ~tr.empty
+    est = (tr.w_loss[0][usable] <= 0.5).mean()
+    if scale == "log":
+        assert abs(est - 0.5) < 0.12
+    else:
+        assert est < 0.35
+    # the trusted split is the pairs above the (conservative) clean threshold, never empty captions
+    tr.w_loss[1] = tr.w_loss[0]
+    assert np.array_equal(tr._trusted(0), (tr.w_loss[0] > tr.cfg.clean_threshold) & usable)
