@@ -15,28 +15,15 @@ class InputProblem(Exception):
     """Raised for bad input found by the CLI itself (missing files and the like)."""
 
 
-def _parse_sets(pairs: list[str]) -> dict:
-    out = {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise InputProblem(f"--set expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def load_config(path: str | None, epochs: int | None, sets: list[str], device: str | None = None):
-    from pc2.models.config import PC2Config
+    from pc2.models.config import PC2Config, parse_overrides
 
     data: dict = {}
     if path:
         if not Path(path).is_file():
             raise InputProblem(f"config file not found: {path}")
         data = PC2Config.from_file(path).to_dict()
-    data.update(_parse_sets(sets))
+    data.update(parse_overrides(sets))
     if epochs is not None:
         data["epochs"] = epochs
         data.setdefault("warmup_epochs", min(PC2Config().warmup_epochs, epochs))

@@ -102,6 +102,13 @@ def test_unknown_config_key_exit_2(corpus600, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_malformed_set_exit_2(corpus600, tmp_path, capsys):
+    out = tmp_path / "o.parquet"
+    code, err = _run(["curate", str(corpus600 / "manifest.parquet"), "--features", str(corpus600 / "features.npy"), "-o", str(out), "--set", "lr"], capsys)
+    assert code == 2 and len(err) == 1 and "KEY=VALUE" in err[0]
+    assert not out.exists()
+
+
 def test_every_command_has_help():
     for cmd in (["--help"], ["curate", "--help"], ["synth", "--help"], ["bench", "--help"], ["search", "--help"]):
         with pytest.raises(SystemExit) as e:

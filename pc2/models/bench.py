@@ -4,8 +4,10 @@ Methods (each a config of the same engine, trained on the same prepared corpus):
 - ``pc2``: the full method.
 - ``plain``: no noise handling: one network, hardest-negative triplet on every pair.
 - ``ncr``: loss-GMM co-divide only (two networks, soft margins from w_loss; no P-Cls, P-Cap or CR).
-- ``cosine``: CLIP-score-like filtering: the ``plain`` model's image-caption cosine split by a GMM,
-  then a plain model retrained on the kept pairs for retrieval.
+- ``cosine``: CLIP-score-like filtering: the ``plain`` model's image-caption cosine, keeping the
+  highest-cosine pairs, then a plain model retrained on the kept pairs for retrieval. It keeps as
+  many pairs as PC² labels clean in the same run (same budget, so the comparison is about *which*
+  pairs), or ``--cosine-keep``; with neither, a GMM on the cosine decides.
 - ``no_pcls`` / ``no_pcap`` / ``no_cr``: PC² with one component switched off.
 Speed (``--speed``): training and scoring pairs/s per network for the default config and for SGRAF
 (embed 1024, batch 128) measured in the same run, with peak RSS.
@@ -43,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override epochs for every method")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every method")
     p.add_argument("--strategies", action="store_true", help="also compare pseudo-caption strategies (pred/embed/combo) on the pc2 model")
+    p.add_argument("--cosine-keep", type=float, metavar="FRACTION", help="share of pairs the cosine baseline keeps (default: as many as pc2 labels clean)")
     p.add_argument("--speed", action="store_true", help="measure training/scoring speed instead of quality")
     p.add_argument("--speed-batches", type=int, default=30, help="training batches timed per config in --speed")
     p.add_argument("--out", default="bench_out", help="directory for results.json, table.md and plots")
@@ -106,8 +109,12 @@ def train_method(name, overrides, base, train, work, seed):
     return cfg, trainer.nets, result
 
 
-def run_cosine(plain, base, train, work, seed):
-    """Filter by the plain model's cosine (GMM split), retrain a plain model on the kept pairs."""
+def run_cosine(plain, base, train, work, seed, keep_fraction: float | None = None):
+    """Filter by the plain model's cosine, retrain a plain model on the kept pairs.
+
+    ``keep_fraction`` keeps that share of pairs (highest cosine first); without it a GMM on the
+    cosine splits (on a model that has memorised its noise that keeps nearly everything).
+    """
     from .codivide import low_component_posterior
     from .config import PC2Config
     from .data import subset
@@ -117,8 +124,20 @@ def run_cosine(plain, base, train, work, seed):
     cos = np.sum(res_p.img_emb * res_p.cap_emb, axis=1) / (
         np.linalg.norm(res_p.img_emb, axis=1) * np.linalg.norm(res_p.cap_emb, axis=1) + 1e-8
     )
-    conf = low_component_posterior(1.0 - cos).astype(np.float32)  # posterior of the high-cosine component
-    conf[train.lengths == 0] = 0.0
+    empty = train.lengths == 0
+    if keep_fraction is None:
+        conf = low_component_posterior(1.0 - cos).astype(np.float32)  # posterior of the high-cosine component
+    else:
+        if not 0 < keep_fraction <= 1:
+            raise SystemExit(f"--cosine-keep must be in (0, 1], got {keep_fraction}")
+        rank = np.empty(len(cos), dtype=np.float32)  # 0 = highest cosine
+        rank[np.argsort(-np.where(empty, -np.inf, cos), kind="stable")] = np.arange(len(cos))
+        n_keep = int(round(keep_fraction * len(cos)))
+        # a confidence that orders pairs by cosine and crosses 1/2 exactly at the cut
+        conf = np.where(rank < n_keep, 0.5 + 0.5 * (1 - rank / max(n_keep, 1)), 0.5 * (1 - (rank - n_keep) / max(len(cos) - n_keep, 1)))
+        conf = np.clip(conf, 0.0, 1.0).astype(np.float32)
+        conf[rank >= n_keep] = np.minimum(conf[rank >= n_keep], np.nextafter(np.float32(0.5), np.float32(0)))
+    conf[empty] = 0.0
     keep = np.nonzero(conf >= 0.5)[0]
     cfg = PC2Config.from_dict({**base, **METHODS["plain"], "seed": seed})
     t0 = time.time()
@@ -167,14 +186,9 @@ def quality(args, out: Path) -> int:
 
     from .synth import generate
 
-    sets = {}
-    for item in args.set or []:
-        k, v = item.split("=", 1)
-        try:
-            sets[k] = json.loads(v)
-        except json.JSONDecodeError:
-            sets[k] = v
-    base = dict(sets)
+    from .config import parse_overrides
+
+    base = parse_overrides(args.set)
     if args.epochs:
         base["epochs"] = args.epochs
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -196,7 +210,10 @@ def quality(args, out: Path) -> int:
             if m == "cosine":
                 if "plain" not in trained:
                     trained["plain"] = train_method("plain", METHODS["plain"], base, train, work, args.seed)
-                trained[m] = run_cosine(trained["plain"], base, train, work, args.seed)
+                keep = args.cosine_keep
+                if keep is None and "pc2" in trained:
+                    keep = float(np.mean(~trained["pc2"][2].noisy))
+                trained[m] = run_cosine(trained["plain"], base, train, work, args.seed, keep)
             else:
                 trained[m] = train_method(m, METHODS[m], base, train, work, args.seed)
             cfg, nets, result = trained[m]

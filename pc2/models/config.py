@@ -17,6 +17,20 @@ class ConfigError(ValueError):
         self.message = message
 
 
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["lr=0.001", "backbone=vse"]`` -> ``{"lr": 0.001, "backbone": "vse"}`` (JSON values, else strings)."""
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(item, "--set expects KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 @dataclass
 class PC2Config:
     # --- networks ---
