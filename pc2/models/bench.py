@@ -130,13 +130,12 @@ def run_cosine(plain, base, train, work, seed, keep_fraction: float | None = Non
     else:
         if not 0 < keep_fraction <= 1:
             raise SystemExit(f"--cosine-keep must be in (0, 1], got {keep_fraction}")
-        rank = np.empty(len(cos), dtype=np.float32)  # 0 = highest cosine
-        rank[np.argsort(-np.where(empty, -np.inf, cos), kind="stable")] = np.arange(len(cos))
-        n_keep = int(round(keep_fraction * len(cos)))
-        # a confidence that orders pairs by cosine and crosses 1/2 exactly at the cut
-        conf = np.where(rank < n_keep, 0.5 + 0.5 * (1 - rank / max(n_keep, 1)), 0.5 * (1 - (rank - n_keep) / max(len(cos) - n_keep, 1)))
-        conf = np.clip(conf, 0.0, 1.0).astype(np.float32)
-        conf[rank >= n_keep] = np.minimum(conf[rank >= n_keep], np.nextafter(np.float32(0.5), np.float32(0)))
+        n = len(cos)
+        rank = np.empty(n, dtype=np.float64)  # 0 = highest cosine
+        rank[np.argsort(-np.where(empty, -np.inf, cos), kind="stable")] = np.arange(n)
+        n_keep = max(1, int(round(keep_fraction * n)))
+        # falls with the rank: (1/2, 1] for the kept pairs, (0, 1/2) for the rest
+        conf = np.where(rank < n_keep, 0.5 + 0.5 * (n_keep - rank) / n_keep, 0.5 * (n - rank) / (n - n_keep + 1)).astype(np.float32)
     conf[empty] = 0.0
     keep = np.nonzero(conf >= 0.5)[0]
     cfg = PC2Config.from_dict({**base, **METHODS["plain"], "seed": seed})

@@ -7,7 +7,7 @@ from pc2.models.engine import CurationResult
 TINY = dict(epochs=1, warmup_epochs=1, embed_dim=32, word_dim=32, num_classes=8, batch_size=32)
 
 
-def _plain_result(n, cos, rng):
+def _plain_result(n, cos):
     """A stand-in for the plain model's output whose image-caption cosine is exactly ``cos``."""
     img = np.zeros((n, 2), np.float32)
     img[:, 0] = 1.0
@@ -25,7 +25,7 @@ def test_cosine_baseline_keeps_the_requested_share_of_highest_cosine_pairs(tiny_
     n = len(corpus)
     rng = np.random.default_rng(0)
     cos = rng.uniform(-0.9, 0.9, n)
-    _, nets, res = run_cosine(_plain_result(n, cos, rng), TINY, corpus, tmp_path, seed=0, keep_fraction=0.4)
+    _, nets, res = run_cosine(_plain_result(n, cos), TINY, corpus, tmp_path, seed=0, keep_fraction=0.4)
     usable = corpus.lengths > 0
     kept = ~res.noisy
     assert kept.sum() == round(0.4 * n) and not np.any(kept & ~usable)
