@@ -124,3 +124,17 @@ def test_ids_and_vocab_tokenizers():
     assert tok.encode("1,2 3").ids == [1, 2, 3] and tk.decode(tok, [0, 4, 5]) == "4 5"
     vt = tk.vocab_tokenizer({"<pad>": 0, "a": 1, ",": 2, "dog": 3})
     assert vt.encode("a , dog").ids == [1, 2, 3] and tk.decode(vt, [1, 2, 3]) == "a , dog"
+
+
+def test_punctuation_is_split_from_words():
+    # "sofa." ends half the captions: without the split BPE learns it as a word of its own
+    caps = ["the red sofa.", "a cat on the sofa.", "the red sofa", "a dog on a sofa", "沙发。", "沙发"] * 40
+    tok = tk.train_bpe(caps, 300)
+    bare = tok.encode("the red sofa").ids
+    for mark in (".", "。"):
+        ids = tok.encode("the red sofa" + mark).ids
+        assert ids[: len(bare)] == bare, mark  # "sofa." ends in the same token as "sofa"
+        assert tok.decode(ids[len(bare) :]) == mark
+    assert tok.encode("沙发。").ids[:2] == tok.encode("沙发").ids
+    offsets, ids = tk.encode(tok, ["the red sofa.", "the red sofa"])
+    assert ids[offsets[0] : offsets[1]].tolist()[:-1] == ids[offsets[1] : offsets[2]].tolist()
