@@ -38,3 +38,17 @@ def test_embed_strategy_uses_the_joint_space():
     pc = assign(np.array([3]), np.array([0, 1]), pred=pred, img_emb=img, cap_emb=cap, strategy="embed")
     assert pc.source[3] == 1
     assert 0.9 < pc.score[3] <= 1.0
+
+
+def test_combo_prefers_a_fitting_caption_from_a_similar_image():
+    # query image 2; pair 0 has the closest caption but an unrelated image, pair 1 a close caption
+    # on a near-identical image
+    img = np.array([[0, 0, 1], [0.95, 0.31, 0], [1, 0, 0]], dtype=np.float32)
+    cap = np.array([[0.9, 0.436, 0], [0.8, 0.6, 0], [0, 1, 0]], dtype=np.float32)
+    pred = np.ones((3, 2), dtype=np.float32)
+    kw = dict(pred=pred, img_emb=img, cap_emb=cap)
+    assert assign(np.array([2]), np.array([0, 1]), strategy="embed", **kw).source[2] == 0
+    pc = assign(np.array([2]), np.array([0, 1]), strategy="combo", **kw)
+    assert pc.source[2] == 1
+    assert abs(pc.label[2] - (0.8 + 0.95) / 2) < 0.01  # soft label: mean of the two cosines
+    assert abs(pc.score[2] - 0.8) < 0.01  # the reported fit is the caption's cosine to the image
