@@ -66,6 +66,7 @@ class PC2Config:
     entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
     trusted_negatives: Literal["hardest", "average"] = "hardest"  # negatives of the soft-margin triplet on trusted pairs
     pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
+    pcap_search: Literal["batch", "corpus"] = "batch"  # where an untrusted image's training pseudo-caption comes from (see engine)
 
     # --- PC² components (ablation switches) ---
     use_pcls: bool = True  # pseudo-classification head and its loss
@@ -104,6 +105,7 @@ class PC2Config:
             "pseudo_caption_strategy": ("pred", "embed", "combo"),
             "trusted_negatives": ("hardest", "average"),
             "codivide_scale": ("log", "linear"),
+            "pcap_search": ("batch", "corpus"),
         }
         for key, allowed in literals.items():
             if getattr(self, key) not in allowed:

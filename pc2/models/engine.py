@@ -122,6 +122,9 @@ class Trainer:
         self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
         self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
         self.loss_rank: list[np.ndarray | None] = [None] * self.n_nets  # normalised rank of each pair's loss
+        # pcap_search="corpus": each untrusted pair's pseudo-caption source pair and soft label, per split
+        self.pcap_src: list[np.ndarray | None] = [None] * self.n_nets
+        self.pcap_lab: list[np.ndarray | None] = [None] * self.n_nets
         self.n_clean: int | None = None  # size of net A's trusted split, for progress reports
         self.epoch = 0
         self.t_start = time.time()
@@ -211,6 +214,15 @@ class Trainer:
         self.loss_rank[k] = (np.argsort(np.argsort(ev.loss, kind="stable"), kind="stable") / max(self.n - 1, 1)).astype(np.float32)
         y = np.where(w_loss > cfg.clean_threshold, codivide.rectify(w_loss, w_po), w_loss)
         self.y[k] = np.where(self.empty, 0.0, y).astype(np.float32)
+        if cfg.pcap_search == "corpus" and cfg.use_pcap:
+            # Net k's split: untrusted pairs borrow the best trusted caption from the whole corpus,
+            # chosen in net k's joint space (the networks it trains on this split use it next epoch).
+            trusted = (w_loss > cfg.clean_threshold) & ~self.empty
+            pc = assign_pseudo_captions(
+                np.nonzero(~trusted)[0], np.nonzero(trusted)[0], pred=ev.pred, img_emb=ev.img_emb, cap_emb=ev.cap_emb,
+                strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity,
+            )
+            self.pcap_src[k], self.pcap_lab[k] = pc.source, pc.label
         if all(w is not None for w in self.w_loss):
             self.n_clean = int(np.sum(self._trusted(0)))
 
@@ -235,7 +247,7 @@ class Trainer:
             idx = order[b * bs : (b + 1) * bs]
             x, ids, lens = self._batch(idx)
             with self._autocast():
-                sims, img_logits, cap_logits, _, _ = net(x, ids, lens)
+                sims, img_logits, cap_logits, img, _ = net(x, ids, lens)
             sims, img_logits, cap_logits = sims.float(), img_logits.float(), cap_logits.float()
             parts: dict[str, torch.Tensor] = {}
             if warm:
@@ -256,7 +268,11 @@ class Trainer:
                     if cfg.use_pcls:
                         parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form, cfg.pcls_symmetric)
                 u = ~t
-                if cfg.use_pcap and int(u.sum()) > 0 and int(t.sum()) >= 2:
+                if cfg.use_pcap and cfg.pcap_search == "corpus":
+                    pcap = self._corpus_pcap(net, idx, img, trusted[idx], src)
+                    if pcap is not None:
+                        parts["pcap"] = cfg.pcap_weight * pcap
+                elif cfg.use_pcap and int(u.sum()) > 0 and int(t.sum()) >= 2:
                     p = img_logits.detach().softmax(1)
                     if cfg.pcap_center:  # flat predictions are all alike: compare what sets them apart
                         p = p - p.mean(0, keepdim=True)
@@ -282,6 +298,32 @@ class Trainer:
         self.units_done += 3.0
         return {n: s / batches for n, s in sums.items()}
 
+    def _corpus_pcap(self, net: PC2Net, idx: np.ndarray, img, trusted_b: np.ndarray, src: int) -> torch.Tensor | None:
+        """Triplet of the batch's untrusted images against their corpus-wide pseudo-captions.
+
+        Image u's positive is the caption of its pseudo-caption source pair, its negatives the other
+        pseudo-captions in the batch (one image per source pair, so no negative is its own positive);
+        the soft margin follows the pseudo-caption's similarity, and pairs without one (similarity
+        under ``min_pcap_similarity``) sit out.
+        """
+        cfg = self.cfg
+        source, label = self.pcap_src[src][idx], self.pcap_lab[src][idx]
+        rows = np.nonzero(~trusted_b & (source >= 0) & (label > 0))[0]
+        if len(rows) < 2:
+            return None
+        _, first = np.unique(source[rows], return_index=True)
+        rows = rows[np.sort(first)]
+        if len(rows) < 2:
+            return None
+        ids, lens = self.corpus.tokens(source[rows], cfg.max_tokens)
+        sel = torch.from_numpy(rows).to(self.device)
+        img_u = tuple(t[sel] for t in img) if isinstance(img, tuple) else img[sel]
+        with self._autocast():
+            cap = net.backbone.encode_captions(torch.from_numpy(ids).to(self.device), torch.from_numpy(lens))
+            sims = net.backbone.sim(img_u, cap).float()
+        margins = soft_margin(torch.from_numpy(label[rows]).to(self.device), cfg.margin)
+        return triplet_hardest(sims, margins).mean()
+
     # --- checkpoints ------------------------------------------------------------------------------
     def save(self) -> None:
         state = {
@@ -293,6 +335,8 @@ class Trainer:
             "y": self.y,
             "w_loss": self.w_loss,
             "loss_rank": self.loss_rank,
+            "pcap_src": self.pcap_src,
+            "pcap_lab": self.pcap_lab,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
@@ -311,6 +355,8 @@ class Trainer:
             opt.load_state_dict(sd)
         self.bank, self.y, self.w_loss = state["bank"], state["y"], state["w_loss"]
         self.loss_rank = state["loss_rank"]
+        self.pcap_src = state.get("pcap_src", [None] * self.n_nets)
+        self.pcap_lab = state.get("pcap_lab", [None] * self.n_nets)
         if all(w is not None for w in self.w_loss):
             self.n_clean = int(np.sum(self._trusted(0)))
         self.epoch, self.history = state["epoch"], state["history"]
@@ -336,7 +382,7 @@ class Trainer:
             t0 = time.time()
             losses = [self.train_epoch(k) for k in range(self.n_nets)]
             t_train = time.time() - t0
-            evals = [self.evaluate(k) for k in range(self.n_nets)]
+            evals = [self.evaluate(k, embeddings=cfg.pcap_search == "corpus") for k in range(self.n_nets)]
             for k, ev in enumerate(evals):
                 self.divide(k, ev)
             self.epoch += 1

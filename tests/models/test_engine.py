@@ -118,3 +118,21 @@ def test_divide_fits_the_split_on_the_configured_loss_scale(tiny_corpus, tmp_pat
     # the trusted split is the pairs above the (conservative) clean threshold, never empty captions
     tr.w_loss[1] = tr.w_loss[0]
     assert np.array_equal(tr._trusted(0), (tr.w_loss[0] > tr.cfg.clean_threshold) & usable)
+
+
+def test_corpus_pseudo_captions_come_from_the_trusted_split_and_are_trained(tiny_corpus, tmp_path):
+    corpus, noisy = tiny_corpus
+    cfg = PC2Config(**{**TINY, "epochs": 4, "pcap_search": "corpus"})
+    tr = Trainer(corpus, cfg, tmp_path)
+    res = tr.run()
+    for k in range(tr.n_nets):
+        trusted = (tr.w_loss[k] > cfg.clean_threshold) & ~tr.empty
+        src, lab = tr.pcap_src[k], tr.pcap_lab[k]
+        assert np.all(src[trusted] == -1)  # trusted pairs keep their own caption
+        has = src >= 0
+        assert has[~trusted].mean() > 0.9  # (nearly) every untrusted pair gets one
+        assert trusted[src[has]].all()  # always a caption of this split's trusted pairs
+        assert np.all((lab[has] == 0) | (lab[has] >= cfg.min_pcap_similarity))
+    after_warmup = [h["losses"][0] for h in res.metrics["history"][cfg.warmup_epochs :]]
+    assert all(l.get("pcap", 0) > 0 for l in after_warmup)
+    assert roc_auc_score(noisy, 1 - res.confidence) >= 0.8
