@@ -44,7 +44,7 @@ class PC2Config:
     sgraf_steps: int = 2  # SGR graph-reasoning steps
 
     # --- optimisation ---
-    epochs: int = 10  # total epochs, warm-up included
+    epochs: int = 6  # total epochs, warm-up included (detection peaks near epoch 5-6, then memorisation sets in: BENCHMARKS.md)
     warmup_epochs: int = 2  # epochs on all pairs before co-divide starts
     batch_size: int = 128
     lr: float = 2e-3
@@ -66,7 +66,7 @@ class PC2Config:
     entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
     trusted_negatives: Literal["hardest", "average"] = "hardest"  # negatives of the soft-margin triplet on trusted pairs
     pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
-    pcap_search: Literal["batch", "corpus"] = "batch"  # where an untrusted image's training pseudo-caption comes from (see engine)
+    pcap_search: Literal["batch", "corpus"] = "corpus"  # untrusted images train on their corpus-wide pseudo-caption (batch: best in-batch pseudo-prediction, the paper's form)
 
     # --- PC² components (ablation switches) ---
     use_pcls: bool = True  # pseudo-classification head and its loss
@@ -80,7 +80,7 @@ class PC2Config:
 
     # --- results ---
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
-    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "embed"  # best measured in BENCHMARKS.md; see pseudo_caption.py
+    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "combo"  # best measured in BENCHMARKS.md; see pseudo_caption.py
     min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
     eval_batch_size: int = 512
 
@@ -156,5 +156,5 @@ class PC2Config:
 
     # Fields that change the trained result; a checkpoint made under other values is not resumed.
     def training_fingerprint(self) -> str:
-        skip = {"device", "threads", "label_threshold", "pseudo_caption_strategy", "eval_batch_size", "epochs"}
+        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs"}  # the strategy picks training pseudo-captions too
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

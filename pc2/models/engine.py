@@ -1,5 +1,10 @@
 """The PC² training loop: warm-up, co-divide, correspondence rectification, P-Cls, P-Cap, scoring.
 
+P-Cap departs from the paper's in-batch rule by default: after each co-divide, every untrusted pair
+gets the best trusted caption of the whole corpus (``pseudo_caption.assign``), and its image trains
+against that caption (``pcap_search="corpus"``; measured in BENCHMARKS.md). ``pcap_search="batch"``
+keeps the paper's form: the trusted caption in the batch with the most similar pseudo-prediction.
+
 ``curate(corpus, config, workdir=...)`` is the whole job. State is checkpointed atomically after every
 epoch, so an interrupted run started again with the same workdir resumes and finishes.
 """

@@ -7,7 +7,9 @@ Three strategies, all searching every trusted pair through a FAISS inner-product
   images to the noisy image), re-ranked by the mean of cos(image, caption) and cos(image, source
   image): the borrowed caption must fit the image *and* come from a pair about a similar image.
   Measured on a 50 %-noise corpus, 78 % of its picks describe the image against 74 % for ``embed``.
-The in-batch training form lives in the engine; both share ``best_match``'s ½ rule.
+Training uses them too: by default (``pcap_search="corpus"``) the engine assigns every untrusted pair
+of a split its pseudo-caption here, once per epoch, and trains the image against that caption; the
+paper's in-batch form (``pcap_search="batch"``) lives in the engine. Both zero soft labels below ½.
 """
 
 from __future__ import annotations
