@@ -160,7 +160,7 @@ def strategy_rows(result, truth) -> list[dict]:
     rows = []
     for strategy in ("pred", "embed", "combo"):
         t0 = time.time()
-        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy)
+        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views)
         dt = time.time() - t0
 
         class R:  # the fields pcap_quality reads

@@ -60,6 +60,7 @@ class CurationResult:
     pred: np.ndarray  # (N, K) float32 image pseudo-class probabilities (mean of both networks)
     img_emb: np.ndarray | None = None  # (N, E) float32, joint space (mean of both networks)
     cap_emb: np.ndarray | None = None  # (N, E)
+    views: list[tuple[np.ndarray, np.ndarray]] | None = None  # each network's own (img_emb, cap_emb)
 
 
 @dataclass
@@ -429,10 +430,11 @@ class Trainer:
         if outs[0].img_emb is not None:
             img_emb = np.mean([o.img_emb for o in outs], axis=0).astype(np.float32)
             cap_emb = np.mean([o.cap_emb for o in outs], axis=0).astype(np.float32)
+        views = [(o.img_emb, o.cap_emb) for o in outs] if img_emb is not None else None
         self._report("pseudo_caption", 0, 1, 0.0)
         pc = assign_pseudo_captions(
             np.nonzero(noisy)[0], np.nonzero(~noisy)[0], pred=pred, img_emb=img_emb, cap_emb=cap_emb,
-            strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity,
+            strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity, views=views,
         )
         n_noisy = int(noisy.sum())
         metrics = {
@@ -456,6 +458,7 @@ class Trainer:
         return CurationResult(
             confidence=confidence, noisy=noisy, pseudo_class=pred.argmax(1).astype(np.int64),
             pcap_source=pc.source, pcap_score=pc.score, metrics=metrics, pred=pred, img_emb=img_emb, cap_emb=cap_emb,
+            views=views,
         )
 
 

@@ -52,3 +52,19 @@ def test_combo_prefers_a_fitting_caption_from_a_similar_image():
     assert pc.source[2] == 1
     assert abs(pc.label[2] - (0.8 + 0.95) / 2) < 0.01  # soft label: mean of the two cosines
     assert abs(pc.score[2] - 0.8) < 0.01  # the reported fit is the caption's cosine to the image
+
+
+def test_combo_with_views_needs_every_network_to_agree():
+    # network A has pulled pair 0's caption onto the query image (a memorised mismatch); network B
+    # has not. Pair 1 is a fair match for both.
+    img_a = np.array([[0.9, 0.436, 0], [0.8, 0.6, 0], [1, 0, 0]], dtype=np.float32)
+    cap_a = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0]], dtype=np.float32)
+    img_b = np.array([[0, 1, 0], [0.8, 0.6, 0], [1, 0, 0]], dtype=np.float32)
+    cap_b = np.array([[0, 0, 1], [0.8, 0.6, 0], [0, 1, 0]], dtype=np.float32)
+    pred = np.ones((3, 2), dtype=np.float32)
+    alone = assign(np.array([2]), np.array([0, 1]), pred=pred, img_emb=img_a, cap_emb=cap_a, strategy="combo")
+    assert alone.source[2] == 0
+    both = assign(np.array([2]), np.array([0, 1]), pred=pred, img_emb=img_a, cap_emb=cap_a, strategy="combo",
+                  views=[(img_a, cap_a), (img_b, cap_b)])
+    assert both.source[2] == 1
+    assert abs(both.label[2] - 0.8) < 0.01  # mean over the views of (0.8 + 0.8) / 2
