@@ -313,6 +313,8 @@ class Trainer:
         under ``min_pcap_similarity``) sit out.
         """
         cfg = self.cfg
+        if self.pcap_src[src] is None:
+            return None
         source, label = self.pcap_src[src][idx], self.pcap_lab[src][idx]
         rows = np.nonzero(~trusted_b & (source >= 0) & (label > 0))[0]
         if len(rows) < 2:
