@@ -168,10 +168,13 @@ class Trainer:
         ids, lens = self.corpus.tokens(idx, self.cfg.max_tokens)
         return x, torch.from_numpy(ids).to(self.device), torch.from_numpy(lens)
 
+    def _split(self, j: int) -> np.ndarray:
+        """Pairs net j's co-divide trusts: clean posterior above the threshold, never an empty caption."""
+        return (self.w_loss[j] > self.cfg.clean_threshold) & ~self.empty
+
     def _trusted(self, k: int) -> np.ndarray:
         """Trusted split for training net k: made by the other net when co-training."""
-        src = (1 - k) if self.n_nets == 2 else k
-        return (self.w_loss[src] > self.cfg.clean_threshold) & ~self.empty
+        return self._split((1 - k) if self.n_nets == 2 else k)
 
     # --- passes -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -223,7 +226,7 @@ class Trainer:
         if cfg.pcap_search == "corpus" and cfg.use_pcap:
             # Net k's split: untrusted pairs borrow the best trusted caption from the whole corpus,
             # chosen in net k's joint space (the networks it trains on this split use it next epoch).
-            trusted = (w_loss > cfg.clean_threshold) & ~self.empty
+            trusted = self._split(k)
             pc = assign_pseudo_captions(
                 np.nonzero(~trusted)[0], np.nonzero(trusted)[0], pred=ev.pred, img_emb=ev.img_emb, cap_emb=ev.cap_emb,
                 strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity,
@@ -317,8 +320,6 @@ class Trainer:
             return None
         source, label = self.pcap_src[src][idx], self.pcap_lab[src][idx]
         rows = np.nonzero(~trusted_b & (source >= 0) & (label > 0))[0]
-        if len(rows) < 2:
-            return None
         _, first = np.unique(source[rows], return_index=True)
         rows = rows[np.sort(first)]
         if len(rows) < 2:
@@ -385,12 +386,16 @@ class Trainer:
         cfg = self.cfg
         resumed = self.try_resume()
         self.units_done = self.epoch * self.n_nets * 4.0
+        scored = None  # the last epoch's eval pass, which is also the final scoring pass
         while self.epoch < cfg.epochs:
             self.set_lr()
             t0 = time.time()
             losses = [self.train_epoch(k) for k in range(self.n_nets)]
             t_train = time.time() - t0
-            evals = [self.evaluate(k, embeddings=cfg.pcap_search == "corpus") for k in range(self.n_nets)]
+            last = self.epoch == cfg.epochs - 1
+            t0 = time.time()
+            evals = [self.evaluate(k, embeddings=last or cfg.pcap_search == "corpus") for k in range(self.n_nets)]
+            scored = (evals, time.time() - t0) if last else None
             for k, ev in enumerate(evals):
                 self.divide(k, ev)
             self.epoch += 1
@@ -400,7 +405,7 @@ class Trainer:
                  "pairs_per_s_per_net": round(len(self) * self.n_nets / max(t_train, 1e-9), 1)}
             )
             self.save()
-        return self.finish(resumed)
+        return self.finish(resumed, scored)
 
     def __len__(self) -> int:
         return int(np.sum(~self.empty))
@@ -421,11 +426,13 @@ class Trainer:
         conf = np.where(noisy, np.minimum(conf, np.nextafter(np.float32(self.cfg.label_threshold), np.float32(0))), np.maximum(conf, self.cfg.label_threshold))
         return np.clip(conf, 0.0, 1.0).astype(np.float32), noisy
 
-    def finish(self, resumed: bool) -> CurationResult:
+    def finish(self, resumed: bool, scored: tuple[list[EvalOut], float] | None = None) -> CurationResult:
+        """Score every pair; ``scored`` is an eval pass (with embeddings) of the final networks, if one was made."""
         cfg = self.cfg
-        t0 = time.time()
-        outs = [self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)]
-        score_s = time.time() - t0
+        if scored is None:  # resumed after the last epoch: the networks have not been evaluated here
+            t0 = time.time()
+            scored = ([self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)], time.time() - t0)
+        outs, score_s = scored
         confidence, noisy = self.confidence()
         pred = np.mean([o.pred for o in outs], axis=0).astype(np.float32)
         img_emb = cap_emb = None
