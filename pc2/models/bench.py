@@ -106,7 +106,7 @@ def train_method(name, overrides, base, train, work, seed):
     cfg = PC2Config.from_dict({**base, **overrides, "seed": seed})
     trainer = Trainer(train, cfg, work / name)
     result = trainer.run()
-    return cfg, trainer.nets, result
+    return cfg, trainer.nets, result, trainer
 
 
 def run_cosine(plain, base, train, work, seed, keep_fraction: float | None = None):
@@ -120,7 +120,7 @@ def run_cosine(plain, base, train, work, seed, keep_fraction: float | None = Non
     from .data import subset
     from .engine import CurationResult, Trainer
 
-    cfg_p, nets_p, res_p = plain
+    cfg_p, nets_p, res_p = plain[:3]
     cos = np.sum(res_p.img_emb * res_p.cap_emb, axis=1) / (
         np.linalg.norm(res_p.img_emb, axis=1) * np.linalg.norm(res_p.cap_emb, axis=1) + 1e-8
     )
@@ -147,20 +147,27 @@ def run_cosine(plain, base, train, work, seed, keep_fraction: float | None = Non
         confidence=conf, noisy=conf < 0.5, pseudo_class=res_p.pseudo_class, pcap_source=np.full(n, -1),
         pcap_score=np.zeros(n, np.float32), metrics={"seconds": res_p.metrics["seconds"] + time.time() - t0}, pred=res_p.pred,
     )
-    return cfg, trainer.nets, result
+    return cfg, trainer.nets, result, trainer
 
 
-def strategy_rows(result, truth) -> list[dict]:
-    """Pseudo-caption strategies compared on one trained model's vectors."""
+def strategy_rows(result, truth, trainer=None) -> list[dict]:
+    """Pseudo-caption strategies compared on one trained model's vectors (``grounded`` needs its trainer)."""
     from .pseudo_caption import assign
     from .synth import describes
 
     noisy = np.nonzero(result.noisy)[0]
     trusted = np.nonzero(~result.noisy)[0]
     rows = []
-    for strategy in ("pred", "embed", "combo"):
+    for strategy in ("pred", "embed", "combo", "grounded"):
+        grounding = None
+        if strategy == "grounded":
+            if trainer is None:
+                continue
+            trainer.cfg = trainer.cfg.replace(pseudo_caption_strategy="grounded")
+            grounding = trainer.grounding_scorers()
         t0 = time.time()
-        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views)
+        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views,
+                    grounding=grounding)
         dt = time.time() - t0
 
         class R:  # the fields pcap_quality reads
@@ -215,12 +222,12 @@ def quality(args, out: Path) -> int:
                 trained[m] = run_cosine(trained["plain"], base, train, work, args.seed, keep)
             else:
                 trained[m] = train_method(m, METHODS[m], base, train, work, args.seed)
-            cfg, nets, result = trained[m]
+            cfg, nets, result, _ = trained[m]
             row = evaluate(m, result, nets, cfg, train, test, truth, test_truth, out / data_dir.name)
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.strategies and "pc2" in trained:
-            strategies = strategy_rows(trained["pc2"][2], truth)
+            strategies = strategy_rows(trained["pc2"][2], truth, trained["pc2"][3])
         cols = ["method", "roc_auc", "f1", "est_noise_rate", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "pcap_acc", "pcap_precision", "seconds"]
         text.append(f"### {data_dir.name} ({len(train)} training pairs)\n\n" + markdown(rows, cols))
         if strategies:

@@ -80,7 +80,8 @@ class PC2Config:
 
     # --- results ---
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
-    pseudo_caption_strategy: Literal["pred", "embed", "combo"] = "combo"  # best measured in BENCHMARKS.md; see pseudo_caption.py
+    pseudo_caption_strategy: Literal["pred", "embed", "combo", "grounded"] = "grounded"  # best measured in BENCHMARKS.md; see pseudo_caption.py
+    grounding_tau: float = 0.1  # temperature of the soft minimum over a pseudo-caption's word groundings ("grounded")
     min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
     eval_batch_size: int = 512
 
@@ -95,6 +96,7 @@ class PC2Config:
             "clean_threshold": 0 < self.clean_threshold < 1,
             "label_threshold": 0 <= self.label_threshold <= 1,
             "max_tokens": self.max_tokens >= 1,
+            "grounding_tau": self.grounding_tau > 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -102,7 +104,7 @@ class PC2Config:
         literals = {
             "backbone": ("vse", "sgraf"),
             "entropy_form": ("batch_mean", "per_sample"),
-            "pseudo_caption_strategy": ("pred", "embed", "combo"),
+            "pseudo_caption_strategy": ("pred", "embed", "combo", "grounded"),
             "trusted_negatives": ("hardest", "average"),
             "codivide_scale": ("log", "linear"),
             "pcap_search": ("batch", "corpus"),
@@ -156,5 +158,6 @@ class PC2Config:
 
     # Fields that change the trained result; a checkpoint made under other values is not resumed.
     def training_fingerprint(self) -> str:
-        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs"}  # the strategy picks training pseudo-captions too
+        # the strategy picks training pseudo-captions too; grounding only re-ranks the final ones
+        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_tau"}
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

@@ -25,7 +25,7 @@ from . import codivide
 from .config import PC2Config
 from .data import Corpus
 from .losses import pcls_loss, pseudo_caption_triplet, soft_margin, triplet_avg, triplet_hardest
-from .networks import PC2Net, l2norm
+from .networks import PC2Net, l2norm, word_grounding
 from .pseudo_caption import assign as assign_pseudo_captions
 
 CHECKPOINT = "checkpoint.pt"
@@ -426,6 +426,43 @@ class Trainer:
         conf = np.where(noisy, np.minimum(conf, np.nextafter(np.float32(self.cfg.label_threshold), np.float32(0))), np.maximum(conf, self.cfg.label_threshold))
         return np.clip(conf, 0.0, 1.0).astype(np.float32), noisy
 
+    def grounding_scorers(self) -> list[Callable[[np.ndarray, np.ndarray], np.ndarray]] | None:
+        """One word-grounding scorer per network for ``grounded`` pseudo-captions (backbones with region vectors)."""
+        if self.cfg.pseudo_caption_strategy != "grounded" or not all(hasattr(n.backbone, "region_vectors") for n in self.nets):
+            return None
+        return [lambda t, c, net=net: self.ground(net, t, c) for net in self.nets]
+
+    @torch.no_grad()
+    def ground(self, net: PC2Net, targets: np.ndarray, cand: np.ndarray, block: int = 1024, chunk: int = 32) -> np.ndarray:
+        """``networks.word_grounding`` of candidate pairs' captions (B, C) in the target pairs' images (B,)."""
+        net.eval()
+        bb, cfg = net.backbone, self.cfg
+        out = np.empty(cand.shape, dtype=np.float32)
+        for s in range(0, len(targets), block):  # a block's distinct captions are encoded once
+            t, c = targets[s : s + block], cand[s : s + block]
+            uniq, inv = np.unique(c, return_inverse=True)
+            inv = torch.from_numpy(inv.reshape(c.shape)).to(self.device)
+            ids, lens = self.corpus.tokens(uniq, cfg.max_tokens)
+            words = torch.zeros((len(uniq), ids.shape[1], cfg.embed_dim), device=self.device)
+            # captions of one length at a time: no padding, so a caption's word states do not
+            # depend on which other captions share its block
+            for n in np.unique(lens):
+                rows = np.nonzero(lens == n)[0]
+                for u in range(0, len(rows), cfg.eval_batch_size):
+                    r = rows[u : u + cfg.eval_batch_size]
+                    with self._autocast():
+                        w, _ = bb.word_vectors(torch.from_numpy(ids[r, : max(int(n), 1)]).to(self.device), torch.from_numpy(lens[r]))
+                    words[torch.from_numpy(r).to(self.device), : w.shape[1]] = w.float()
+            masks = torch.from_numpy(np.arange(ids.shape[1])[None, :] < lens[:, None]).to(self.device)
+            for q in range(0, len(c), chunk):
+                x = torch.from_numpy(self.corpus.images(t[q : q + chunk])).to(self.device)
+                pick = inv[q : q + chunk]
+                with self._autocast():
+                    regions = bb.region_vectors(x).float()
+                g = word_grounding(regions, words[pick], masks[pick], self.cfg.grounding_tau)
+                out[s + q : s + q + len(pick)] = g.cpu().numpy()
+        return out
+
     def finish(self, resumed: bool, scored: tuple[list[EvalOut], float] | None = None) -> CurationResult:
         """Score every pair; ``scored`` is an eval pass (with embeddings) of the final networks, if one was made."""
         cfg = self.cfg
@@ -444,6 +481,7 @@ class Trainer:
         pc = assign_pseudo_captions(
             np.nonzero(noisy)[0], np.nonzero(~noisy)[0], pred=pred, img_emb=img_emb, cap_emb=cap_emb,
             strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity, views=views,
+            grounding=self.grounding_scorers(),
         )
         n_noisy = int(noisy.sum())
         metrics = {

@@ -79,6 +79,22 @@ def token_mask(lens: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lens.device)[None, :] < lens.clamp(min=1)[:, None]
 
 
+def word_grounding(regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """How well every word of each candidate caption is grounded in an image region.
+
+    ``regions`` (B, R, E) and ``words`` (B, C, L, E) are unit vectors, ``mask`` (B, C, L) marks real
+    words. Each word's grounding is its best cosine to any region; the caption's score is the soft
+    minimum ``-tau * log(sum_l exp(-g_l / tau))`` over its words, so one word that names nothing in the
+    image sinks the caption, and every further word is one more claim that could be wrong (the soft
+    minimum of n equal groundings is ``g - tau * log(n)``). Returns (B, C).
+    """
+    b, c, l, e = words.shape
+    g = torch.bmm(words.reshape(b, c * l, e), regions.transpose(1, 2)).amax(2).view(b, c, l)
+    g = torch.where(mask, -g / tau, torch.full_like(g, -torch.inf))
+    out = -tau * torch.logsumexp(g, dim=2)
+    return torch.where(mask.any(2), out, torch.full_like(out, -torch.inf))  # no words: nothing grounded
+
+
 class VSE(nn.Module):
     """Dual encoder: pooled regions and pooled GRU states, cosine similarity. One vector per item."""
 
@@ -101,6 +117,14 @@ class VSE(nn.Module):
 
     def sim(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return img @ cap.t()  # (Bi, Bc)
+
+    def region_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """Regions (B, R, D) -> unit region embeddings (B, R, E) in the joint space."""
+        return l2norm(self.img(x))
+
+    def word_vectors(self, ids: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (U, L) -> unit word states (U, L, E) and their mask (U, L)."""
+        return l2norm(self.txt(ids, lens)), token_mask(lens, ids.shape[1])
 
     def img_vec(self, img: torch.Tensor) -> torch.Tensor:
         return img

@@ -25,7 +25,7 @@ def test_cosine_baseline_keeps_the_requested_share_of_highest_cosine_pairs(tiny_
     n = len(corpus)
     rng = np.random.default_rng(0)
     cos = rng.uniform(-0.9, 0.9, n)
-    _, nets, res = run_cosine(_plain_result(n, cos), TINY, corpus, tmp_path, seed=0, keep_fraction=0.4)
+    _, nets, res, _ = run_cosine(_plain_result(n, cos), TINY, corpus, tmp_path, seed=0, keep_fraction=0.4)
     usable = corpus.lengths > 0
     kept = ~res.noisy
     assert kept.sum() == round(0.4 * n) and not np.any(kept & ~usable)

@@ -136,3 +136,29 @@ def test_corpus_pseudo_captions_come_from_the_trusted_split_and_are_trained(tiny
     after_warmup = [h["losses"][0] for h in res.metrics["history"][cfg.warmup_epochs :]]
     assert all(l.get("pcap", 0) > 0 for l in after_warmup)
     assert roc_auc_score(noisy, 1 - res.confidence) >= 0.8
+
+
+def test_word_grounding_of_own_captions_separates_clean_pairs(tiny_corpus, tmp_path):
+    corpus, noisy = tiny_corpus
+    pairs = np.nonzero(corpus.lengths > 0)[0]
+    cand = np.stack([pairs, pairs[::-1]], 1)  # own caption, and another pair's caption
+    cfg = PC2Config(**{**TINY, "epochs": 4})
+
+    def own_auc(tr):
+        scorers = tr.grounding_scorers()
+        assert scorers is not None and len(scorers) == tr.n_nets
+        g = np.mean([s(pairs, cand) for s in scorers], axis=0)
+        assert g.shape == cand.shape and np.isfinite(g).all()
+        return roc_auc_score(~noisy[pairs], g[:, 0]), g
+
+    untrained, _ = own_auc(Trainer(corpus, cfg, tmp_path / "untrained"))
+    tr = Trainer(corpus, cfg, tmp_path / "trained")
+    tr.run()
+    trained, g = own_auc(tr)
+    # training grounds clean pairs' own words in their image regions
+    assert trained >= 0.6 and trained >= untrained + 0.1
+    # blocks and chunks do not change a pair's score beyond float noise
+    small = tr.ground(tr.nets[0], pairs, cand, block=7, chunk=3)
+    assert np.allclose(small, tr.ground(tr.nets[0], pairs, cand), atol=1e-4)
+    tr.cfg = tr.cfg.replace(pseudo_caption_strategy="combo")
+    assert tr.grounding_scorers() is None
