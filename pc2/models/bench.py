@@ -167,7 +167,7 @@ def strategy_rows(result, truth, trainer=None) -> list[dict]:
             grounding = trainer.grounding_scorers()
         t0 = time.time()
         pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views,
-                    grounding=grounding)
+                    grounding=grounding, fit_weight=trainer.cfg.grounding_fit_weight if trainer is not None else 0.9)
         dt = time.time() - t0
 
         class R:  # the fields pcap_quality reads

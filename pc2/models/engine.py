@@ -481,7 +481,7 @@ class Trainer:
         pc = assign_pseudo_captions(
             np.nonzero(noisy)[0], np.nonzero(~noisy)[0], pred=pred, img_emb=img_emb, cap_emb=cap_emb,
             strategy=cfg.pseudo_caption_strategy, threshold=cfg.min_pcap_similarity, views=views,
-            grounding=self.grounding_scorers(),
+            grounding=self.grounding_scorers(), fit_weight=cfg.grounding_fit_weight,
         )
         n_noisy = int(noisy.sum())
         metrics = {

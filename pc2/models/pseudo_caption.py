@@ -61,6 +61,7 @@ def assign(
     candidates: int = 10,
     views: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     grounding: Sequence[Grounding] | None = None,
+    fit_weight: float = 0.9,
 ) -> PseudoCaptions:
     """Choose a trusted source pair for every pair in ``targets`` (indices into the corpus).
 
@@ -68,8 +69,10 @@ def assign(
     candidates from every network's joint space and averages the networks' scores, so a caption
     one network has wrongly memorised near an image has to fool the other too (measured on the
     50 %-noise corpus: 83.5 % of picks describe the image, against 81.2 % from the averaged vectors).
-    ``grounding`` (one scorer per network, for ``grounded``) adds the networks' mean word grounding
-    of each candidate to its ``combo`` score; the soft label stays the ``combo`` similarity.
+    ``grounding`` (one scorer per network, for ``grounded``) ranks candidates by the networks' mean
+    word grounding plus ``fit_weight`` * cos(image, caption) + (1 - ``fit_weight``) * cos(image,
+    source image): with every word checked against the image, the caption's own fit deserves more
+    weight than the source image's likeness. The soft label stays the ``combo`` similarity.
     """
     n = len(pred)
     out = PseudoCaptions(
@@ -92,7 +95,7 @@ def assign(
         src, sim = i[:, 0], d[:, 0]
     else:
         ground = list(grounding) if strategy == "grounded" and grounding else []
-        src, sim = _combo(targets, trusted, list(views) if views else [(img_emb, cap_emb)], candidates, ground)
+        src, sim = _combo(targets, trusted, list(views) if views else [(img_emb, cap_emb)], candidates, ground, fit_weight)
 
     if img_emb is not None and cap_emb is not None:
         img_n, cap_n = faiss_index.normalize(img_emb[targets]), faiss_index.normalize(cap_emb[src])
@@ -106,9 +109,10 @@ def assign(
 
 
 def _combo(targets: np.ndarray, trusted: np.ndarray, views: list[tuple[np.ndarray, np.ndarray]], k: int,
-           grounding: list[Grounding] | None = None, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Best candidate by the views' mean of (cos(image, caption) + cos(image, source image)) / 2,
-    plus the mean of the ``grounding`` scorers where given; returns each pick and its ``combo`` score."""
+           grounding: list[Grounding] | None = None, fit_weight: float = 0.9, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Best candidate by the views' mean of (cos(image, caption) + cos(image, source image)) / 2, or,
+    with ``grounding`` scorers, by their mean plus the ``fit_weight``-weighted mean of the two cosines;
+    returns each pick and its ``combo`` score."""
     cands, normed = [], []
     for img, cap in views:
         _, i_cap = best_match(img[targets], cap[trusted], trusted, k=k)  # captions that fit the image
@@ -122,15 +126,19 @@ def _combo(targets: np.ndarray, trusted: np.ndarray, views: list[tuple[np.ndarra
     sim = np.empty(len(targets), dtype=np.float32)
     for s in range(0, len(targets), block):  # (block, C, E) gathers stay small on large corpora
         c, v = cand[s : s + block], valid[s : s + block]
-        total = np.zeros(c.shape, dtype=np.float32)
+        fit = np.zeros(c.shape, dtype=np.float32)  # cos(image, caption), summed over the views
+        alike = np.zeros(c.shape, dtype=np.float32)  # cos(image, source image)
         for img_n, cap_n in normed:
             q = img_n[targets[s : s + block]]
-            total += (np.einsum("te,tce->tc", q, cap_n[c]) + np.einsum("te,tce->tc", q, img_n[c])) / 2
-        combined = np.where(v, total / len(normed), -np.inf)
+            fit += np.einsum("te,tce->tc", q, cap_n[c])
+            alike += np.einsum("te,tce->tc", q, img_n[c])
+        fit, alike = fit / len(normed), alike / len(normed)
+        combined = np.where(v, (fit + alike) / 2, -np.inf)
         rank = combined
         if grounding:
             t = targets[s : s + block]
-            rank = combined + sum(np.asarray(g(t, c), dtype=np.float32) for g in grounding) / len(grounding)
+            g = sum(np.asarray(fn(t, c), dtype=np.float32) for fn in grounding) / len(grounding)
+            rank = np.where(v, fit_weight * fit + (1 - fit_weight) * alike + g, -np.inf)
         best = rank.argmax(1)
         rows = np.arange(len(c))
         src[s : s + block], sim[s : s + block] = c[rows, best], combined[rows, best]
