@@ -159,15 +159,14 @@ def strategy_rows(result, truth, trainer=None) -> list[dict]:
     trusted = np.nonzero(~result.noisy)[0]
     rows = []
     for strategy in ("pred", "embed", "combo", "grounded"):
-        grounding = None
+        extra = {}
         if strategy == "grounded":
             if trainer is None:
                 continue
-            trainer.cfg = trainer.cfg.replace(pseudo_caption_strategy="grounded")
-            grounding = trainer.grounding_scorers()
+            trainer.cfg = trainer.cfg.replace(pseudo_caption_strategy="grounded")  # scorers are offered for it only
+            extra = {"grounding": trainer.grounding_scorers(), "fit_weight": trainer.cfg.grounding_fit_weight}
         t0 = time.time()
-        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views,
-                    grounding=grounding, fit_weight=trainer.cfg.grounding_fit_weight if trainer is not None else 0.9)
+        pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views, **extra)
         dt = time.time() - t0
 
         class R:  # the fields pcap_quality reads

@@ -451,7 +451,7 @@ class Trainer:
                 for u in range(0, len(rows), cfg.eval_batch_size):
                     r = rows[u : u + cfg.eval_batch_size]
                     with self._autocast():
-                        w, _ = bb.word_vectors(torch.from_numpy(ids[r, : max(int(n), 1)]).to(self.device), torch.from_numpy(lens[r]))
+                        w = bb.word_vectors(torch.from_numpy(ids[r, : max(int(n), 1)]).to(self.device), torch.from_numpy(lens[r]))
                     words[torch.from_numpy(r).to(self.device), : w.shape[1]] = w.float()
             masks = torch.from_numpy(np.arange(ids.shape[1])[None, :] < lens[:, None]).to(self.device)
             for q in range(0, len(c), chunk):
@@ -459,7 +459,7 @@ class Trainer:
                 pick = inv[q : q + chunk]
                 with self._autocast():
                     regions = bb.region_vectors(x).float()
-                g = word_grounding(regions, words[pick], masks[pick], self.cfg.grounding_tau)
+                g = word_grounding(regions, words[pick], masks[pick], cfg.grounding_tau)
                 out[s + q : s + q + len(pick)] = g.cpu().numpy()
         return out
 

@@ -122,9 +122,9 @@ class VSE(nn.Module):
         """Regions (B, R, D) -> unit region embeddings (B, R, E) in the joint space."""
         return l2norm(self.img(x))
 
-    def word_vectors(self, ids: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids (U, L) -> unit word states (U, L, E) and their mask (U, L)."""
-        return l2norm(self.txt(ids, lens)), token_mask(lens, ids.shape[1])
+    def word_vectors(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Token ids (U, L) -> unit word states (U, L, E); padded positions are the caller's to mask."""
+        return l2norm(self.txt(ids, lens))
 
     def img_vec(self, img: torch.Tensor) -> torch.Tensor:
         return img
