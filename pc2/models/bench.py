@@ -3,7 +3,8 @@
 Methods (each a config of the same engine, trained on the same prepared corpus):
 - ``pc2``: the full method.
 - ``plain``: no noise handling: one network, hardest-negative triplet on every pair.
-- ``ncr``: loss-GMM co-divide only (two networks, soft margins from w_loss; no P-Cls, P-Cap or CR).
+- ``ncr``: loss-GMM co-divide only (two networks, soft margins from w_loss; no P-Cls, P-Cap or CR;
+  final labels from the loss alone).
 - ``cosine``: CLIP-score-like filtering: the ``plain`` model's image-caption cosine, keeping the
   highest-cosine pairs, then a plain model retrained on the kept pairs for retrieval. It keeps as
   many pairs as PC² labels clean in the same run (same budget, so the comparison is about *which*
@@ -25,8 +26,9 @@ import numpy as np
 
 METHODS = {
     "pc2": {},
-    "plain": {"noise_handling": False, "use_cotrain": False, "use_pcls": False, "use_pcap": False, "use_cr": False},
-    "ncr": {"use_pcls": False, "use_pcap": False, "use_cr": False},
+    "plain": {"noise_handling": False, "use_cotrain": False, "use_pcls": False, "use_pcap": False, "use_cr": False,
+              "label_grounding_weight": 0.0},
+    "ncr": {"use_pcls": False, "use_pcap": False, "use_cr": False, "label_grounding_weight": 0.0},
     "cosine": None,  # built from plain, see run_cosine
     "no_pcls": {"use_pcls": False},
     "no_pcap": {"use_pcap": False},
@@ -44,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="pc2,plain,ncr,cosine,no_pcls,no_pcap,no_cr", help="comma-separated: " + ",".join(METHODS))
     p.add_argument("--epochs", type=int, help="override epochs for every method")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every method")
-    p.add_argument("--strategies", action="store_true", help="also compare pseudo-caption strategies (pred/embed/combo) on the pc2 model")
+    p.add_argument("--strategies", action="store_true", help="also compare pseudo-caption strategies (pred/embed/combo/grounded) and final-label evidence (loss vs. loss + grounding) on the pc2 model")
     p.add_argument("--cosine-keep", type=float, metavar="FRACTION", help="share of pairs the cosine baseline keeps (default: as many as pc2 labels clean)")
     p.add_argument("--speed", action="store_true", help="measure training/scoring speed instead of quality")
     p.add_argument("--speed-batches", type=int, default=30, help="training batches timed per config in --speed")
@@ -177,6 +179,31 @@ def strategy_rows(result, truth, trainer=None) -> list[dict]:
     return rows
 
 
+def label_rows(result, truth, trainer) -> list[dict]:
+    """Final labels on one trained model: the co-divide's loss-only soft labels against the default
+    loss + own-caption word grounding (``Trainer.grounded_soft_labels``), each with its pseudo-captions."""
+    from . import metrics
+    from .pseudo_caption import assign
+    from .synth import describes
+
+    noisy_true = np.asarray(truth["noisy"].to_pylist(), dtype=bool)
+    conf, noisy = trainer.confidence()
+    pc = assign(np.nonzero(noisy)[0], np.nonzero(~noisy)[0], pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb,
+                strategy=trainer.cfg.pseudo_caption_strategy, views=result.views, grounding=trainer.grounding_scorers(),
+                fit_weight=trainer.cfg.grounding_fit_weight)
+
+    class LossOnly:  # the fields pcap_quality reads
+        pcap_source = pc.source
+
+    LossOnly.noisy = noisy
+    rows = []
+    for name, c, r in (("loss", conf, LossOnly), (f"loss + grounding (weight {trainer.cfg.label_grounding_weight:g})", result.confidence, result)):
+        d = metrics.detection(noisy_true, c, r.noisy)
+        rows.append({"labels": name, "roc_auc": d["roc_auc"], "f1": d["f1"], "precision": d["precision"], "recall": d["recall"],
+                     **pcap_quality(r, truth, describes)})
+    return rows
+
+
 def markdown(rows: list[dict], cols: list[str]) -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
 
@@ -209,7 +236,7 @@ def quality(args, out: Path) -> int:
         work = out / (data_dir.name + "_runs")
         train, test = prepare_dataset(data_dir, work)
         truth, test_truth = pq.read_table(data_dir / "truth.parquet"), pq.read_table(data_dir / "test" / "truth.parquet")
-        trained, rows, strategies = {}, [], []
+        trained, rows, strategies, labels = {}, [], [], []
         for m in methods:
             print(f"[bench] {data_dir.name}: {m}", flush=True)
             if m == "cosine":
@@ -227,11 +254,15 @@ def quality(args, out: Path) -> int:
             print(json.dumps(row), flush=True)
         if args.strategies and "pc2" in trained:
             strategies = strategy_rows(trained["pc2"][2], truth, trained["pc2"][3])
+            if trained["pc2"][3].cfg.label_grounding_weight > 0:
+                labels = label_rows(trained["pc2"][2], truth, trained["pc2"][3])
         cols = ["method", "roc_auc", "f1", "est_noise_rate", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "pcap_acc", "pcap_precision", "seconds"]
         text.append(f"### {data_dir.name} ({len(train)} training pairs)\n\n" + markdown(rows, cols))
         if strategies:
             text.append("Pseudo-caption strategies (pc2 model):\n\n" + markdown(strategies, ["strategy", "pcap_acc", "pcap_precision", "seconds"]))
-        report.append({"data": str(data_dir), "rows": rows, "strategies": strategies})
+        if labels:
+            text.append("Final labels (pc2 model):\n\n" + markdown(labels, ["labels", "roc_auc", "f1", "precision", "recall", "pcap_acc", "pcap_precision"]))
+        report.append({"data": str(data_dir), "rows": rows, "strategies": strategies, "labels": labels})
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "table.md").write_text("\n".join(text))
     print("\n".join(text))

@@ -43,6 +43,28 @@ def log_scale(values: np.ndarray, rel_eps: float = 0.01) -> np.ndarray:
     return np.log(np.maximum(x, 0.0) + eps)
 
 
+def standardize(x: np.ndarray) -> np.ndarray:
+    """(x - median) / std; all zeros when x is constant."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = float(np.std(x))
+    return np.zeros_like(x) if sd < 1e-12 else (x - float(np.median(x))) / sd
+
+
+def fused_clean_evidence(loss: np.ndarray, grounding: np.ndarray, weight: float, scale: str = "log") -> np.ndarray:
+    """Per-pair clean evidence (higher = more likely clean): standardized -loss + ``weight`` * standardized grounding.
+
+    The loss measures how well the caption as a whole fits the image against other captions; the
+    word grounding (``networks.word_grounding`` of the pair's own caption) asks whether every word
+    names something in the image, which a caption that mixes a true object with absent ones fails.
+    Non-finite groundings (no words) take the lowest finite value.
+    """
+    x = log_scale(loss) if scale == "log" else np.asarray(loss, dtype=np.float64)
+    g = np.asarray(grounding, dtype=np.float64)
+    finite = np.isfinite(g)
+    g = np.where(finite, g, np.min(g[finite]) if finite.any() else 0.0)
+    return -standardize(x) + weight * standardize(g)
+
+
 def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL(p_i || q_i) for every row."""
     p = np.clip(p, 1e-12, 1.0)

@@ -80,6 +80,7 @@ class PC2Config:
 
     # --- results ---
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
+    label_grounding_weight: float = 0.5  # final labels: weight of own-caption word grounding beside the loss in the clean GMM (0 = loss only; vse)
     pseudo_caption_strategy: Literal["pred", "embed", "combo", "grounded"] = "grounded"  # best measured in BENCHMARKS.md; see pseudo_caption.py
     grounding_tau: float = 0.1  # temperature of the soft minimum over a pseudo-caption's word groundings ("grounded")
     grounding_fit_weight: float = 0.9  # "grounded": weight of cos(image, caption) against cos(image, source image)
@@ -99,6 +100,7 @@ class PC2Config:
             "max_tokens": self.max_tokens >= 1,
             "grounding_tau": self.grounding_tau > 0,
             "grounding_fit_weight": 0 <= self.grounding_fit_weight <= 1,
+            "label_grounding_weight": self.label_grounding_weight >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -160,6 +162,7 @@ class PC2Config:
 
     # Fields that change the trained result; a checkpoint made under other values is not resumed.
     def training_fingerprint(self) -> str:
-        # the strategy picks training pseudo-captions too; grounding only re-ranks the final ones
-        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_tau", "grounding_fit_weight"}
+        # the strategy picks training pseudo-captions too; grounding only re-ranks and re-labels the final ones
+        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_tau", "grounding_fit_weight",
+                "label_grounding_weight"}
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

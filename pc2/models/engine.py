@@ -127,6 +127,7 @@ class Trainer:
         self.po: list[np.ndarray | None] = [None] * self.n_nets  # last prediction oscillation per pair
         self.y: list[np.ndarray | None] = [None] * self.n_nets  # rectified soft labels from each net's last eval
         self.w_loss: list[np.ndarray | None] = [None] * self.n_nets
+        self.w_po: list[np.ndarray | None] = [None] * self.n_nets  # stable-component posterior of the last PO
         self.loss_rank: list[np.ndarray | None] = [None] * self.n_nets  # normalised rank of each pair's loss
         # pcap_search="corpus": each untrusted pair's pseudo-caption source pair and soft label, per split
         self.pcap_src: list[np.ndarray | None] = [None] * self.n_nets
@@ -141,7 +142,7 @@ class Trainer:
     def _total_units(self) -> float:
         # one unit = one pass over the corpus by one network (training ~3x an eval pass)
         per_epoch = self.n_nets * (3.0 + 1.0)
-        return self.cfg.epochs * per_epoch + self.n_nets * 1.0
+        return self.cfg.epochs * per_epoch + self.n_nets * (1.0 + self._grounds_labels())
 
     def _report(self, phase: str, batch: int, batches: int, unit_fraction: float, losses=None) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -219,6 +220,7 @@ class Trainer:
             w_po = np.zeros(self.n)
             w_po[usable] = codivide.low_component_posterior(po[usable], max_iter=cfg.gmm_max_iter, seed=cfg.seed)
         self.bank[k] = ev.pred  # every pair, every epoch
+        self.w_po[k] = w_po
         self.w_loss[k] = w_loss
         self.loss_rank[k] = (np.argsort(np.argsort(ev.loss, kind="stable"), kind="stable") / max(self.n - 1, 1)).astype(np.float32)
         y = np.where(w_loss > cfg.clean_threshold, codivide.rectify(w_loss, w_po), w_loss)
@@ -343,6 +345,7 @@ class Trainer:
             "bank": self.bank,
             "y": self.y,
             "w_loss": self.w_loss,
+            "w_po": self.w_po,
             "loss_rank": self.loss_rank,
             "pcap_src": self.pcap_src,
             "pcap_lab": self.pcap_lab,
@@ -364,6 +367,7 @@ class Trainer:
             opt.load_state_dict(sd)
         self.bank, self.y, self.w_loss = state["bank"], state["y"], state["w_loss"]
         self.loss_rank = state["loss_rank"]
+        self.w_po = state.get("w_po", [None] * self.n_nets)
         self.pcap_src = state.get("pcap_src", [None] * self.n_nets)
         self.pcap_lab = state.get("pcap_lab", [None] * self.n_nets)
         if all(w is not None for w in self.w_loss):
@@ -410,21 +414,52 @@ class Trainer:
     def __len__(self) -> int:
         return int(np.sum(~self.empty))
 
-    def confidence(self) -> tuple[np.ndarray, np.ndarray]:
+    def confidence(self, soft: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean rectified soft label of the networks; the label comes from it alone.
 
+        ``soft`` is (soft labels, badness ranks) per network, as ``grounded_soft_labels`` gives; without
+        it, the last epoch's co-divide soft labels and loss ranks.
         GMM posteriors saturate (and the monotone fix makes plateaus), so many pairs would tie at 0 or
         1; a small share of the loss rank orders pairs within those plateaus without moving any pair
         across the label threshold by more than ``TIE_BREAK``.
         """
-        y = np.mean([self.y[k] for k in range(self.n_nets)], axis=0)
+        ys, ranks = soft if soft is not None else (self.y, self.loss_rank)
+        y = np.mean([ys[k] for k in range(self.n_nets)], axis=0)
         noisy = (y < self.cfg.label_threshold) | self.empty
-        rank = np.mean([self.loss_rank[k] for k in range(self.n_nets)], axis=0)
+        rank = np.mean([ranks[k] for k in range(self.n_nets)], axis=0)
         conf = (1 - TIE_BREAK) * y + TIE_BREAK * (1.0 - rank)
         conf = np.where(self.empty, 0.0, conf)
         # keep the label and the number consistent at the threshold
         conf = np.where(noisy, np.minimum(conf, np.nextafter(np.float32(self.cfg.label_threshold), np.float32(0))), np.maximum(conf, self.cfg.label_threshold))
         return np.clip(conf, 0.0, 1.0).astype(np.float32), noisy
+
+    def _grounds_labels(self) -> bool:
+        return self.cfg.label_grounding_weight > 0 and all(hasattr(n.backbone, "region_vectors") for n in self.nets)
+
+    def grounded_soft_labels(self, outs: list[EvalOut]) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Final soft labels with word-level evidence: each network's clean posterior refitted on its loss
+        and the word grounding of each pair's own caption (``codivide.fused_clean_evidence``), then
+        rectified as in training. A caption that names one true object and two absent ones fits the
+        image as a whole well enough to pass the loss GMM; its absent words do not ground.
+        None when ``label_grounding_weight`` is 0 or the backbone has no region vectors (sgraf).
+        """
+        cfg = self.cfg
+        usable = np.nonzero(~self.empty)[0]
+        if not self._grounds_labels() or len(usable) < 4:
+            return None
+        ys, ranks = [], []
+        for k, (net, ev) in enumerate(zip(self.nets, outs)):
+            own = self.ground(net, usable, usable[:, None], phase="ground")[:, 0]
+            self.units_done += 1.0
+            evidence = codivide.fused_clean_evidence(ev.loss[usable], own, cfg.label_grounding_weight, cfg.codivide_scale)
+            w = np.zeros(self.n)
+            w[usable] = codivide.low_component_posterior(-evidence, max_iter=cfg.gmm_max_iter, seed=cfg.seed)
+            y = np.where(w > cfg.clean_threshold, codivide.rectify(w, self.w_po[k]), w)
+            ys.append(np.where(self.empty, 0.0, y).astype(np.float32))
+            bad = np.full(self.n, np.inf)
+            bad[usable] = -evidence
+            ranks.append((np.argsort(np.argsort(bad, kind="stable"), kind="stable") / max(self.n - 1, 1)).astype(np.float32))
+        return ys, ranks
 
     def grounding_scorers(self) -> list[Callable[[np.ndarray, np.ndarray], np.ndarray]] | None:
         """One word-grounding scorer per network for ``grounded`` pseudo-captions (backbones with region vectors)."""
@@ -433,12 +468,21 @@ class Trainer:
         return [lambda t, c, net=net: self.ground(net, t, c) for net in self.nets]
 
     @torch.no_grad()
-    def ground(self, net: PC2Net, targets: np.ndarray, cand: np.ndarray, block: int = 1024, chunk: int = 32) -> np.ndarray:
-        """``networks.word_grounding`` of candidate pairs' captions (B, C) in the target pairs' images (B,)."""
+    def ground(self, net: PC2Net, targets: np.ndarray, cand: np.ndarray, block: int = 1024, chunk: int | None = None,
+               phase: str | None = None) -> np.ndarray:
+        """``networks.word_grounding`` of candidate pairs' captions (B, C) in the target pairs' images (B,).
+
+        Images go through the network ``chunk`` at a time (default: about 2,048 image-caption pairs per
+        step, so 1 candidate each runs in steps of 2,048 images and 40 in steps of 51). With ``phase``,
+        progress is reported per block as a fraction of one pass."""
         net.eval()
         bb, cfg = net.backbone, self.cfg
+        chunk = chunk or max(1, 2048 // max(cand.shape[1], 1))
         out = np.empty(cand.shape, dtype=np.float32)
+        blocks = (len(targets) + block - 1) // block
         for s in range(0, len(targets), block):  # a block's distinct captions are encoded once
+            if phase is not None:
+                self._report(phase, s // block + 1, blocks, s / max(len(targets), 1))
             t, c = targets[s : s + block], cand[s : s + block]
             uniq, inv = np.unique(c, return_inverse=True)
             inv = torch.from_numpy(inv.reshape(c.shape)).to(self.device)
@@ -470,7 +514,7 @@ class Trainer:
             t0 = time.time()
             scored = ([self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)], time.time() - t0)
         outs, score_s = scored
-        confidence, noisy = self.confidence()
+        confidence, noisy = self.confidence(self.grounded_soft_labels(outs))
         pred = np.mean([o.pred for o in outs], axis=0).astype(np.float32)
         img_emb = cap_emb = None
         if outs[0].img_emb is not None:

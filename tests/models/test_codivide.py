@@ -1,6 +1,6 @@
 import numpy as np
 
-from pc2.models.codivide import kl_rows, log_scale, low_component_posterior, rectify
+from pc2.models.codivide import fused_clean_evidence, kl_rows, log_scale, low_component_posterior, rectify, standardize
 
 
 def test_gmm_split_recovers_a_known_two_component_mixture():
@@ -61,3 +61,26 @@ def test_log_scale_keeps_the_order_and_handles_zero_losses():
     y = log_scale(x)
     assert np.all(np.isfinite(y))
     assert np.all(np.diff(y) >= 0) and y[0] == y[1] and y[2] > y[1]
+
+
+def test_fused_evidence_adds_word_grounding_to_the_loss():
+    loss, noisy = _lognormal_losses()
+    rng = np.random.default_rng(3)
+    # a third of the noisy pairs fit as well as clean ones by the loss (partial matches), but their
+    # absent words do not ground
+    partial = np.nonzero(noisy)[0][:1500]
+    loss = loss.copy()
+    loss[partial] = np.exp(rng.normal(np.log(0.011), 0.8, len(partial)))
+    ground = np.where(noisy, rng.normal(0.2, 0.1, len(loss)), rng.normal(0.6, 0.1, len(loss)))
+    alone = -standardize(log_scale(loss))
+    assert np.allclose(fused_clean_evidence(loss, ground, 0.0), alone)
+    fused = fused_clean_evidence(loss, ground, 0.5)
+    split_alone = low_component_posterior(-alone) < 0.5
+    split_fused = low_component_posterior(-fused) < 0.5
+    assert split_fused[partial].mean() > split_alone[partial].mean() + 0.15
+    assert (split_fused == noisy).mean() > (split_alone == noisy).mean() + 0.05
+    # a caption with no words grounds worst; a constant grounding changes nothing but a shift
+    ground[0] = -np.inf
+    assert np.isfinite(fused_clean_evidence(loss, ground, 0.5)).all()
+    assert np.argmin(fused_clean_evidence(np.full(len(loss), 0.05), ground, 1.0)) == 0
+    assert np.allclose(fused_clean_evidence(loss, np.full(len(loss), 0.3), 1.0), alone)

@@ -162,3 +162,33 @@ def test_word_grounding_of_own_captions_separates_clean_pairs(tiny_corpus, tmp_p
     assert np.allclose(small, tr.ground(tr.nets[0], pairs, cand), atol=1e-4)
     tr.cfg = tr.cfg.replace(pseudo_caption_strategy="combo")
     assert tr.grounding_scorers() is None
+
+
+def test_final_labels_weigh_the_word_grounding_of_own_captions(tiny_corpus, tmp_path):
+    corpus, noisy = tiny_corpus
+    tr = Trainer(corpus, PC2Config(**{**TINY, "epochs": 3}), tmp_path)
+    tr.run()
+    outs = [tr.evaluate(k) for k in range(tr.n_nets)]
+    usable = np.nonzero(corpus.lengths > 0)[0]
+    conf, labels = tr.confidence(tr.grounded_soft_labels(outs))
+    real = tr.ground
+    # the least sure clean label, made to ground its words no better than the worst pair
+    kept = usable[~labels[usable]]
+    target = kept[np.argmin(conf[kept])]
+    floor = min(float(real(net, usable, usable[:, None]).min()) for net in tr.nets)
+
+    def worse(net, t, c, **kw):
+        g = real(net, t, c, **kw)
+        g[t == target] = floor
+        return g
+
+    tr.ground = worse
+    conf2, labels2 = tr.confidence(tr.grounded_soft_labels(outs))
+    assert labels2[target] and conf2[target] < conf[target] - 0.01
+    others = np.setdiff1d(usable, target)
+    assert np.all(conf2[others] >= conf[others] - 0.02)
+    # weight 0: the last epoch's co-divide soft labels, exactly
+    tr.cfg = tr.cfg.replace(label_grounding_weight=0.0)
+    assert tr.grounded_soft_labels(outs) is None
+    base, base_labels = tr.confidence()
+    np.testing.assert_array_equal(base_labels, (np.mean(tr.y, axis=0) < 0.5) | (corpus.lengths == 0))
