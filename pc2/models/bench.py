@@ -3,13 +3,13 @@
 Methods (each a config of the same engine, trained on the same prepared corpus):
 - ``pc2``: the full method.
 - ``plain``: no noise handling: one network, hardest-negative triplet on every pair.
-- ``ncr``: loss-GMM co-divide only (two networks, soft margins from w_loss; no P-Cls, P-Cap or CR;
-  final labels from the loss alone).
+- ``ncr``: loss-GMM co-divide only (two networks, soft margins from w_loss; no P-Cls, P-Cap, CR or
+  grounding loss; final labels from the loss alone).
 - ``cosine``: CLIP-score-like filtering: the ``plain`` model's image-caption cosine, keeping the
   highest-cosine pairs, then a plain model retrained on the kept pairs for retrieval. It keeps as
   many pairs as PC² labels clean in the same run (same budget, so the comparison is about *which*
   pairs), or ``--cosine-keep``; with neither, a GMM on the cosine decides.
-- ``no_pcls`` / ``no_pcap`` / ``no_cr``: PC² with one component switched off.
+- ``no_pcls`` / ``no_pcap`` / ``no_cr`` / ``no_ground_loss``: PC² with one component switched off.
 Speed (``--speed``): training and scoring pairs/s per network for the default config and for SGRAF
 (embed 1024, batch 128) measured in the same run, with peak RSS.
 """
@@ -27,12 +27,13 @@ import numpy as np
 METHODS = {
     "pc2": {},
     "plain": {"noise_handling": False, "use_cotrain": False, "use_pcls": False, "use_pcap": False, "use_cr": False,
-              "label_grounding_weight": 0.0},
-    "ncr": {"use_pcls": False, "use_pcap": False, "use_cr": False, "label_grounding_weight": 0.0},
+              "grounding_loss_weight": 0.0, "label_grounding_weight": 0.0},
+    "ncr": {"use_pcls": False, "use_pcap": False, "use_cr": False, "grounding_loss_weight": 0.0, "label_grounding_weight": 0.0},
     "cosine": None,  # built from plain, see run_cosine
     "no_pcls": {"use_pcls": False},
     "no_pcap": {"use_pcap": False},
     "no_cr": {"use_cr": False},
+    "no_ground_loss": {"grounding_loss_weight": 0.0},
 }
 
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions", type=int, default=36)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="pc2,plain,ncr,cosine,no_pcls,no_pcap,no_cr", help="comma-separated: " + ",".join(METHODS))
+    p.add_argument("--methods", default="pc2,plain,ncr,cosine,no_pcls,no_pcap,no_cr,no_ground_loss", help="comma-separated: " + ",".join(METHODS))
     p.add_argument("--epochs", type=int, help="override epochs for every method")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every method")
     p.add_argument("--strategies", action="store_true", help="also compare pseudo-caption strategies (pred/embed/combo/grounded) and final-label evidence (loss vs. loss + grounding) on the pc2 model")

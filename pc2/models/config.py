@@ -66,6 +66,7 @@ class PC2Config:
     entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
     trusted_negatives: Literal["hardest", "average"] = "hardest"  # negatives of the soft-margin triplet on trusted pairs
     pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
+    grounding_loss_weight: float = 1.0  # vse: triplet on trusted pairs' word grounding against the hardest in-batch negatives (0 = off; BENCHMARKS.md)
     pcap_search: Literal["batch", "corpus"] = "corpus"  # untrusted images train on their corpus-wide pseudo-caption (batch: best in-batch pseudo-prediction, the paper's form)
 
     # --- PC² components (ablation switches) ---
@@ -82,7 +83,7 @@ class PC2Config:
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
     label_grounding_weight: float = 0.5  # final labels: weight of own-caption word grounding beside the loss in the clean GMM (0 = loss only; vse)
     pseudo_caption_strategy: Literal["pred", "embed", "combo", "grounded"] = "grounded"  # best measured in BENCHMARKS.md; see pseudo_caption.py
-    grounding_tau: float = 0.1  # temperature of the soft minimum over a pseudo-caption's word groundings ("grounded")
+    grounding_tau: float = 0.1  # temperature of the soft minimum over a caption's word groundings (grounding loss, labels, "grounded")
     grounding_fit_weight: float = 0.9  # "grounded": weight of cos(image, caption) against cos(image, source image)
     min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
     eval_batch_size: int = 512
@@ -101,6 +102,7 @@ class PC2Config:
             "grounding_tau": self.grounding_tau > 0,
             "grounding_fit_weight": 0 <= self.grounding_fit_weight <= 1,
             "label_grounding_weight": self.label_grounding_weight >= 0,
+            "grounding_loss_weight": self.grounding_loss_weight >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -162,7 +164,7 @@ class PC2Config:
 
     # Fields that change the trained result; a checkpoint made under other values is not resumed.
     def training_fingerprint(self) -> str:
-        # the strategy picks training pseudo-captions too; grounding only re-ranks and re-labels the final ones
-        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_tau", "grounding_fit_weight",
-                "label_grounding_weight"}
+        # the strategy picks training pseudo-captions too; grounding_tau shapes the grounding loss; the fit
+        # weight and the label weight only re-rank and re-label the final results
+        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_fit_weight", "label_grounding_weight"}
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

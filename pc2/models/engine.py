@@ -5,6 +5,12 @@ gets the best trusted caption of the whole corpus (``pseudo_caption.assign``), a
 against that caption (``pcap_search="corpus"``; measured in BENCHMARKS.md). ``pcap_search="batch"``
 keeps the paper's form: the trusted caption in the batch with the most similar pseudo-prediction.
 
+Two further departures, each measured in BENCHMARKS.md and switchable: trusted pairs also train a
+word-grounding triplet (``grounding_loss_weight``): every word of a trusted caption must find a region
+of its own image, better than the hardest negative caption's words do and better than in the hardest
+negative image. And the final labels refit each network's clean posterior on its loss together with
+that grounding of the pair's own caption (``label_grounding_weight``).
+
 ``curate(corpus, config, workdir=...)`` is the whole job. State is checkpointed atomically after every
 epoch, so an interrupted run started again with the same workdir resumes and finishes.
 """
@@ -278,6 +284,11 @@ class Trainer:
                     parts["triplet"] = loss_fn(st, soft_margin(y[t], cfg.margin)).mean()
                     if cfg.use_pcls:
                         parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form, cfg.pcls_symmetric)
+                    if cfg.grounding_loss_weight > 0 and hasattr(net.backbone, "region_vectors"):
+                        sel = torch.nonzero(t).squeeze(1)
+                        with self._autocast():
+                            g = self._grounding_triplet(net, x[sel], ids[sel], lens[sel.cpu()], st.detach(), soft_margin(y[t], cfg.margin))
+                        parts["ground"] = cfg.grounding_loss_weight * g.float().mean()
                 u = ~t
                 if cfg.use_pcap and cfg.pcap_search == "corpus":
                     pcap = self._corpus_pcap(net, idx, img, trusted[idx], src)
@@ -308,6 +319,23 @@ class Trainer:
             self._report(phase, b + 1, batches, 3.0 * (b + 1) / batches, {n: s / (b + 1) for n, s in sums.items()})
         self.units_done += 3.0
         return {n: s / batches for n, s in sums.items()}
+
+    def _grounding_triplet(self, net: PC2Net, x, ids, lens, sims, margins) -> torch.Tensor:
+        """Per-anchor hinge on word grounding: each trusted caption must ground better in its own image
+        than the hardest negative caption (by pooled similarity) does, and better than in the hardest
+        negative image. -> (T,)"""
+        bb = net.backbone
+        n = sims.shape[0]
+        regions = bb.region_vectors(x)  # (T, R, E)
+        words = bb.word_vectors(ids, lens)  # (T, L, E)
+        mask = torch.from_numpy(np.arange(ids.shape[1])[None, :] < lens.numpy()[:, None]).to(self.device)
+        off = sims.masked_fill(torch.eye(n, dtype=torch.bool, device=sims.device), -torch.inf)
+        neg_cap, neg_img = off.argmax(1), off.argmax(0)  # hardest caption per image, image per caption
+        tau = self.cfg.grounding_tau
+        own = torch.arange(n, device=sims.device)
+        g = word_grounding(regions, words[torch.stack([own, neg_cap], 1)], mask[torch.stack([own, neg_cap], 1)], tau)  # (T, 2)
+        g_img = word_grounding(regions[neg_img], words[:, None], mask[:, None], tau)[:, 0]  # caption i in image neg_img[i]
+        return (margins + g[:, 1] - g[:, 0]).clamp(min=0) + (margins + g_img - g[:, 0]).clamp(min=0)
 
     def _corpus_pcap(self, net: PC2Net, idx: np.ndarray, img, trusted_b: np.ndarray, src: int) -> torch.Tensor | None:
         """Triplet of the batch's untrusted images against their corpus-wide pseudo-captions.

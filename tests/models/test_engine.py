@@ -192,3 +192,22 @@ def test_final_labels_weigh_the_word_grounding_of_own_captions(tiny_corpus, tmp_
     assert tr.grounded_soft_labels(outs) is None
     base, base_labels = tr.confidence()
     np.testing.assert_array_equal(base_labels, (np.mean(tr.y, axis=0) < 0.5) | (corpus.lengths == 0))
+
+
+def test_grounding_loss_teaches_trusted_captions_to_ground_in_their_own_image(tiny_corpus, tmp_path):
+    corpus, noisy = tiny_corpus
+    clean = np.nonzero(~noisy & (corpus.lengths > 0))[0]
+    other = np.roll(clean, 1)  # another clean pair's caption for each clean image
+    cand = np.stack([clean, other], 1)
+
+    def gap(weight):
+        tr = Trainer(corpus, PC2Config(**{**TINY, "epochs": 4, "grounding_loss_weight": weight}), tmp_path / str(weight))
+        res = tr.run()
+        g = np.mean([tr.ground(net, clean, cand) for net in tr.nets], axis=0)
+        return float(np.mean(g[:, 0] - g[:, 1])), tr, res
+
+    without, _, _ = gap(0.0)
+    with_loss, tr, res = gap(1.0)
+    assert with_loss > without + 0.02
+    assert "ground" in tr.history[-1]["losses"][0] and "ground" not in tr.history[0]["losses"][0]  # trusted phase only
+    assert roc_auc_score(noisy, 1 - res.confidence) >= 0.8
