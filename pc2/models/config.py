@@ -66,7 +66,7 @@ class PC2Config:
     entropy_form: Literal["batch_mean", "per_sample"] = "batch_mean"  # per_sample is the reference code's form
     trusted_negatives: Literal["hardest", "average"] = "hardest"  # negatives of the soft-margin triplet on trusted pairs
     pcap_weight: float = 1.0  # weight of the pseudo-caption triplet on untrusted pairs
-    grounding_loss_weight: float = 1.0  # vse: triplet on trusted pairs' word grounding against the hardest in-batch negatives (0 = off; BENCHMARKS.md)
+    grounding_loss_weight: float = 2.0  # vse: triplet on trusted pairs' word grounding against the hardest in-batch negatives (0 = off; BENCHMARKS.md)
     pcap_search: Literal["batch", "corpus"] = "corpus"  # untrusted images train on their corpus-wide pseudo-caption (batch: best in-batch pseudo-prediction, the paper's form)
 
     # --- PC² components (ablation switches) ---
