@@ -21,6 +21,7 @@ import json
 import resource
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -193,12 +194,9 @@ def label_rows(result, truth, trainer) -> list[dict]:
                 strategy=trainer.cfg.pseudo_caption_strategy, views=result.views, grounding=trainer.grounding_scorers(),
                 fit_weight=trainer.cfg.grounding_fit_weight)
 
-    class LossOnly:  # the fields pcap_quality reads
-        pcap_source = pc.source
-
-    LossOnly.noisy = noisy
+    loss_only = SimpleNamespace(pcap_source=pc.source, noisy=noisy)  # the fields pcap_quality reads
     rows = []
-    for name, c, r in (("loss", conf, LossOnly), (f"loss + grounding (weight {trainer.cfg.label_grounding_weight:g})", result.confidence, result)):
+    for name, c, r in (("loss", conf, loss_only), (f"loss + grounding (weight {trainer.cfg.label_grounding_weight:g})", result.confidence, result)):
         d = metrics.detection(noisy_true, c, r.noisy)
         rows.append({"labels": name, "roc_auc": d["roc_auc"], "f1": d["f1"], "precision": d["precision"], "recall": d["recall"],
                      **pcap_quality(r, truth, describes)})

@@ -31,7 +31,7 @@ from . import codivide
 from .config import PC2Config
 from .data import Corpus
 from .losses import pcls_loss, pseudo_caption_triplet, soft_margin, triplet_avg, triplet_hardest
-from .networks import PC2Net, l2norm, word_grounding
+from .networks import PC2Net, l2norm, token_mask, word_grounding
 from .pseudo_caption import assign as assign_pseudo_captions
 
 CHECKPOINT = "checkpoint.pt"
@@ -284,7 +284,7 @@ class Trainer:
                     parts["triplet"] = loss_fn(st, soft_margin(y[t], cfg.margin)).mean()
                     if cfg.use_pcls:
                         parts["pcls"] = cfg.pcls_weight * pcls_loss(img_logits[t], cap_logits[t], cfg.entropy_weight, cfg.entropy_form, cfg.pcls_symmetric)
-                    if cfg.grounding_loss_weight > 0 and hasattr(net.backbone, "region_vectors"):
+                    if cfg.grounding_loss_weight > 0 and self._has_regions():
                         sel = torch.nonzero(t).squeeze(1)
                         with self._autocast():
                             g = self._grounding_triplet(net, x[sel], ids[sel], lens[sel.cpu()], st.detach(), soft_margin(y[t], cfg.margin))
@@ -328,7 +328,7 @@ class Trainer:
         n = sims.shape[0]
         regions = bb.region_vectors(x)  # (T, R, E)
         words = bb.word_vectors(ids, lens)  # (T, L, E)
-        mask = torch.from_numpy(np.arange(ids.shape[1])[None, :] < lens.numpy()[:, None]).to(self.device)
+        mask = token_mask(lens, ids.shape[1]).to(self.device)  # trusted captions are never empty
         off = sims.masked_fill(torch.eye(n, dtype=torch.bool, device=sims.device), -torch.inf)
         neg_cap, neg_img = off.argmax(1), off.argmax(0)  # hardest caption per image, image per caption
         tau = self.cfg.grounding_tau
@@ -461,8 +461,12 @@ class Trainer:
         conf = np.where(noisy, np.minimum(conf, np.nextafter(np.float32(self.cfg.label_threshold), np.float32(0))), np.maximum(conf, self.cfg.label_threshold))
         return np.clip(conf, 0.0, 1.0).astype(np.float32), noisy
 
+    def _has_regions(self) -> bool:
+        """Backbones with region and word vectors (vse), which word grounding needs."""
+        return all(hasattr(n.backbone, "region_vectors") for n in self.nets)
+
     def _grounds_labels(self) -> bool:
-        return self.cfg.label_grounding_weight > 0 and all(hasattr(n.backbone, "region_vectors") for n in self.nets)
+        return self.cfg.label_grounding_weight > 0 and self._has_regions()
 
     def grounded_soft_labels(self, outs: list[EvalOut]) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
         """Final soft labels with word-level evidence: each network's clean posterior refitted on its loss
@@ -491,7 +495,7 @@ class Trainer:
 
     def grounding_scorers(self) -> list[Callable[[np.ndarray, np.ndarray], np.ndarray]] | None:
         """One word-grounding scorer per network for ``grounded`` pseudo-captions (backbones with region vectors)."""
-        if self.cfg.pseudo_caption_strategy != "grounded" or not all(hasattr(n.backbone, "region_vectors") for n in self.nets):
+        if self.cfg.pseudo_caption_strategy != "grounded" or not self._has_regions():
             return None
         return [lambda t, c, net=net: self.ground(net, t, c) for net in self.nets]
 
