@@ -185,12 +185,15 @@ class Trainer:
 
     # --- passes -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, k: int, *, embeddings: bool = False, phase: str = "train") -> EvalOut:
-        """Per-pair co-divide loss and image pseudo-predictions for net k (eval mode, fixed order)."""
+    def evaluate(self, k: int, *, embeddings: bool = False, phase: str = "train", epoch: int | None = None) -> EvalOut:
+        """Per-pair co-divide loss and image pseudo-predictions for net k (eval mode, fixed order).
+
+        A pair's loss depends on its batch (its negatives), so the batch order is drawn from the seed
+        and ``epoch`` (default: the current one): the same epoch's pass always gives the same losses."""
         net, cfg = self.nets[k], self.cfg
         net.eval()
         bs = cfg.eval_batch_size if net.indexable else cfg.batch_size
-        order = np.random.default_rng([cfg.seed, 7919, self.epoch]).permutation(self.n)
+        order = np.random.default_rng([cfg.seed, 7919, self.epoch if epoch is None else epoch]).permutation(self.n)
         loss = np.zeros(self.n, dtype=np.float32)
         pred = np.zeros((self.n, cfg.num_classes), dtype=np.float32)
         img_emb = np.zeros((self.n, cfg.embed_dim), dtype=np.float32) if embeddings and net.indexable else None
@@ -543,8 +546,8 @@ class Trainer:
         """Score every pair; ``scored`` is an eval pass (with embeddings) of the final networks, if one was made."""
         cfg = self.cfg
         if scored is None:  # resumed after the last epoch: the networks have not been evaluated here
-            t0 = time.time()
-            scored = ([self.evaluate(k, embeddings=True, phase="score") for k in range(self.n_nets)], time.time() - t0)
+            t0 = time.time()  # the pass the last epoch made, batch for batch
+            scored = ([self.evaluate(k, embeddings=True, phase="score", epoch=self.epoch - 1) for k in range(self.n_nets)], time.time() - t0)
         outs, score_s = scored
         confidence, noisy = self.confidence(self.grounded_soft_labels(outs))
         pred = np.mean([o.pred for o in outs], axis=0).astype(np.float32)

@@ -57,6 +57,11 @@ def test_resume_after_interruption_finishes_with_the_same_result(tiny_corpus, tm
     assert resumed.metrics["resumed"] is True
     assert resumed.metrics["epochs"] == cfg.epochs == len(resumed.metrics["history"])
     np.testing.assert_allclose(resumed.confidence, full.confidence, atol=1e-6)
+    # interrupted while scoring, after the last checkpoint: the rescoring repeats the last epoch's pass
+    rescored = curate(corpus, cfg, workdir=tmp_path / "full")
+    assert rescored.metrics["resumed"] is True
+    np.testing.assert_array_equal(rescored.confidence, full.confidence)
+    np.testing.assert_array_equal(rescored.pcap_source, full.pcap_source)
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_corpus, tmp_path):
