@@ -5,7 +5,8 @@
 
 Trains the default engine (``--set KEY=VALUE`` changes it), then a diagnostic run in which every
 co-divide after warm-up is replaced by the truth (the trusted split is exactly the clean pairs; the final
-labels still come from the model). The diagnostic is not a method: it bounds what a purer trusted split
+labels still come from the model; ``--oracle-epochs`` / ``--oracle-share`` limit it to the first epochs
+after warm-up / to a share of the clean pairs). The diagnostic is not a method: it bounds what a purer trusted split
 could bring with the same networks and data. Prints, for both runs, detection, the pseudo-caption share
 and precision, and for the default run where the misses come from: mismatched pairs labelled clean
 (by noise type and caption language), whether they were already trusted right after warm-up, and how
@@ -41,12 +42,16 @@ class Recording(Trainer):
 
 
 class OracleSplit(Trainer):
-    """Diagnostic: the trusted split is the truly clean pairs from the first co-divide on."""
+    """Diagnostic: the trusted split is the truly clean pairs (``clean_truth``) for the first
+    ``pure_epochs`` epochs after warm-up, the co-divide's own split after that."""
 
     clean_truth: np.ndarray
+    pure_epochs: int | None = None  # None: every epoch
 
     def _split(self, j):
-        return self.clean_truth & ~self.empty
+        if self.pure_epochs is None or self.epoch < self.cfg.warmup_epochs + self.pure_epochs:
+            return self.clean_truth & ~self.empty
+        return super()._split(j)
 
 
 def summary(name: str, result, truth) -> dict:
@@ -86,6 +91,10 @@ def main() -> int:
     p.add_argument("--out", required=True, help="work directory (tokenized corpus, checkpoints, study.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine config override")
     p.add_argument("--skip-oracle", action="store_true", help="only the default run and its breakdown")
+    p.add_argument("--oracle-epochs", type=int, default=None, metavar="N",
+                   help="the truth replaces the split for the first N epochs after warm-up only (default: all)")
+    p.add_argument("--oracle-share", type=float, default=1.0, metavar="F",
+                   help="the truth split holds this random share of the clean pairs (default 1)")
     args = p.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +111,19 @@ def main() -> int:
     if default.after_warmup:  # None when resumed past warm-up
         report["breakdown"] = breakdown(result, truth, default.after_warmup)
     print(json.dumps(report, indent=1), flush=True)
+    name = "oracle_split"
+    if args.oracle_epochs is not None:
+        name += f"_e{args.oracle_epochs}"
+    if args.oracle_share < 1:
+        name += f"_share{args.oracle_share:g}"
     if not args.skip_oracle:
-        oracle = OracleSplit(train, cfg, out / "oracle_split")
-        oracle.clean_truth = ~np.asarray(truth["noisy"].to_pylist(), dtype=bool)
-        report["oracle_split"] = summary("oracle_split", oracle.run(), truth)
-        print(json.dumps(report["oracle_split"], indent=1), flush=True)
-    (out / "study.json").write_text(json.dumps(report, indent=1))
+        oracle = OracleSplit(train, cfg, out / name)
+        clean = ~np.asarray(truth["noisy"].to_pylist(), dtype=bool)
+        oracle.clean_truth = clean & (np.random.default_rng(5).random(len(clean)) < args.oracle_share)
+        oracle.pure_epochs = args.oracle_epochs
+        report[name] = summary(name, oracle.run(), truth)
+        print(json.dumps(report[name], indent=1), flush=True)
+    (out / ("study.json" if name == "oracle_split" else f"study_{name}.json")).write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -52,3 +52,20 @@ def test_study_trains_on_the_true_clean_pairs_and_accounts_for_every_miss(study,
     assert 0 <= b["picks_from_clean_sources"] <= 1
     # a trusted split free of mismatches teaches the networks to tell the pairs apart
     assert oracle["roc_auc"] >= 0.9
+
+
+def test_truth_split_can_be_limited_to_the_first_epochs_after_warm_up(study):
+    from pc2.models.config import PC2Config
+
+    t = study.OracleSplit.__new__(study.OracleSplit)
+    t.cfg = PC2Config(warmup_epochs=2, clean_threshold=0.95)
+    t.clean_truth = np.array([True, True, False, False])
+    t.empty = np.array([False, True, False, False])
+    t.w_loss = [np.array([0.99, 0.99, 0.99, 0.1])]
+    t.pure_epochs = 1
+    t.epoch = 2  # the first epoch after warm-up: the truth, never an empty caption
+    assert t._split(0).tolist() == [True, False, False, False]
+    t.epoch = 3  # then the co-divide's own split
+    assert t._split(0).tolist() == [True, False, True, False]
+    t.pure_epochs = None
+    assert t._split(0).tolist() == [True, False, False, False]
