@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pc2.models import ingest, metrics
-from pc2.models.bench import pcap_quality
+from pc2.models import metrics
+from pc2.models.bench import pcap_quality, prepare_train
 from pc2.models.config import PC2Config, parse_overrides
 from pc2.models.engine import Trainer
 from pc2.models.synth import describes
@@ -98,10 +98,7 @@ def main() -> int:
     args = p.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = out / "prepared_train"
-    if not (prepared / "corpus.json").exists():
-        ingest.prepare(data / "manifest.parquet", [data / "features.npy"], prepared)
-    train = ingest.load_prepared(prepared).corpus
+    train = prepare_train(data, out)
     truth = pq.read_table(data / "truth.parquet")
     cfg = PC2Config.from_dict(parse_overrides(args.set))
 

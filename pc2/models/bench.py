@@ -59,16 +59,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def prepare_train(data_dir: Path, work: Path):
+    """Tokenize the training split (BPE on its own captions) into ``work/prepared_train`` once."""
+    from . import ingest
+
+    train_dir = work / "prepared_train"
+    if not (train_dir / "corpus.json").exists():
+        ingest.prepare(data_dir / "manifest.parquet", [data_dir / "features.npy"], train_dir)
+    return ingest.load_prepared(train_dir).corpus
+
+
 def prepare_dataset(data_dir: Path, work: Path):
     """Tokenize train (BPE on its own captions) and test (same tokenizer) once for all methods."""
     from . import ingest
 
-    train_dir, test_dir = work / "prepared_train", work / "prepared_test"
-    if not (train_dir / "corpus.json").exists():
-        ingest.prepare(data_dir / "manifest.parquet", [data_dir / "features.npy"], train_dir)
+    train = prepare_train(data_dir, work)
+    test_dir = work / "prepared_test"
     if not (test_dir / "corpus.json").exists():
-        ingest.prepare(data_dir / "test" / "manifest.parquet", [data_dir / "test" / "features.npy"], test_dir, tokenizer=str(train_dir / "tokenizer.json"))
-    return ingest.load_prepared(train_dir).corpus, ingest.load_prepared(test_dir).corpus
+        ingest.prepare(data_dir / "test" / "manifest.parquet", [data_dir / "test" / "features.npy"], test_dir,
+                       tokenizer=str(work / "prepared_train" / "tokenizer.json"))
+    return train, ingest.load_prepared(test_dir).corpus
 
 
 def evaluate(name, result, nets, cfg, train, test, truth, test_truth, out: Path) -> dict:
@@ -173,10 +183,7 @@ def strategy_rows(result, truth, trainer=None) -> list[dict]:
         pc = assign(noisy, trusted, pred=result.pred, img_emb=result.img_emb, cap_emb=result.cap_emb, strategy=strategy, views=result.views, **extra)
         dt = time.time() - t0
 
-        class R:  # the fields pcap_quality reads
-            pcap_source, noisy = pc.source, result.noisy
-
-        q = pcap_quality(R, truth, describes)
+        q = pcap_quality(SimpleNamespace(pcap_source=pc.source, noisy=result.noisy), truth, describes)
         rows.append({"strategy": strategy, **q, "seconds": round(dt, 3)})
     return rows
 
