@@ -31,13 +31,14 @@ from pc2.models.synth import describes
 
 
 class Recording(Trainer):
-    """The engine, remembering each network's trusted split right after warm-up."""
+    """The engine, remembering each trusted split right after warm-up: one per network when co-training
+    two, the one cross-fitted split otherwise."""
 
     after_warmup: list[np.ndarray] | None = None
 
     def divide(self, k, ev):
         super().divide(k, ev)
-        if self.epoch == self.cfg.warmup_epochs - 1:
+        if self.epoch == self.cfg.warmup_epochs - 1 and (self.fold is None or k == 0):
             self.after_warmup = (self.after_warmup or []) + [self._split(k).copy()]
 
 

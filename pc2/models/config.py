@@ -74,8 +74,9 @@ class PC2Config:
     use_pcap: bool = True  # pseudo-captions for untrusted pairs during training
     use_cr: bool = True  # prediction-oscillation correspondence rectification
     use_cotrain: bool = True  # A trains on B's split and vice versa (False: own split)
+    cross_fit_folds: int = 5  # K >= 2: K networks, net k never trains on fold k and each pair is judged by its fold's net; 0 = two co-trained networks, the paper's form (BENCHMARKS.md). Needs use_cotrain and noise_handling
     noise_handling: bool = True  # False: plain triplet on all pairs for every epoch (baseline)
-    clean_threshold: float = 0.95  # w_loss above this puts a pair in the trusted split (conservative: see BENCHMARKS.md)
+    clean_threshold: float = 0.5  # w_loss above this puts a pair in the trusted split (cross-fitted; with cross_fit_folds=0 use 0.95: BENCHMARKS.md)
     gmm_max_iter: int = 20
     codivide_scale: Literal["log", "linear"] = "log"  # fit the co-divide GMM on log(loss): see codivide.log_scale
 
@@ -103,6 +104,7 @@ class PC2Config:
             "grounding_fit_weight": 0 <= self.grounding_fit_weight <= 1,
             "label_grounding_weight": self.label_grounding_weight >= 0,
             "grounding_loss_weight": self.grounding_loss_weight >= 0,
+            "cross_fit_folds": self.cross_fit_folds == 0 or self.cross_fit_folds >= 2,
         }
         for key, ok in checks.items():
             if not ok:

@@ -1,5 +1,14 @@
 """The PC² training loop: warm-up, co-divide, correspondence rectification, P-Cls, P-Cap, scoring.
 
+The co-divide is cross-fitted by default (``cross_fit_folds=5``): every pair belongs to one of K
+folds, network k never trains on fold k (neither in warm-up nor after), and a pair's loss and
+pseudo-prediction for the co-divide come only from the network of its fold. The paper's two
+co-trained networks let each vouch for the other's training pairs, but after a warm-up on 70 %-noisy
+data both have memorised many mismatched captions with rare words, so their first trusted split is a
+third mismatched and stays so; a network that never saw a pair cannot have memorised it. All networks
+train on the one split so judged, and the final labels and pseudo-captions use all of them
+(measured in BENCHMARKS.md; ``cross_fit_folds=0`` gives the paper's two networks).
+
 P-Cap departs from the paper's in-batch rule by default: after each co-divide, every untrusted pair
 gets the best trusted caption of the whole corpus (``pseudo_caption.assign``), and its image trains
 against that caption (``pcap_search="corpus"``; measured in BENCHMARKS.md). ``pcap_search="batch"``
@@ -122,7 +131,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.n = len(corpus)
         self.empty = corpus.lengths == 0  # no usable text: always noisy, never trusted
-        self.n_nets = 2 if cfg.use_cotrain else 1
+        # cross-fitting (a form of co-training, so off without it or without noise handling): pair i
+        # belongs to fold[i]; net k never trains on fold k, and only net fold[i] judges pair i, so no
+        # pair's trust comes from a network that has memorised its caption
+        cross_fit = cfg.cross_fit_folds >= 2 and cfg.use_cotrain and cfg.noise_handling
+        self.n_nets = cfg.cross_fit_folds if cross_fit else (2 if cfg.use_cotrain else 1)
+        self.fold = np.random.default_rng([cfg.seed, 4099]).integers(0, self.n_nets, self.n) if cross_fit else None
         torch.manual_seed(cfg.seed)
         self.nets = [PC2Net(cfg, corpus.features.dim, corpus.vocab_size).to(self.device) for _ in range(self.n_nets)]
         mean, std = feature_stats(corpus, seed=cfg.seed)
@@ -147,7 +161,7 @@ class Trainer:
     # --- bookkeeping ------------------------------------------------------------------------------
     def _total_units(self) -> float:
         # one unit = one pass over the corpus by one network (training ~3x an eval pass)
-        per_epoch = self.n_nets * (3.0 + 1.0)
+        per_epoch = self.n_nets * (3.0 * self._train_share() + 1.0)
         return self.cfg.epochs * per_epoch + self.n_nets * (1.0 + self._grounds_labels())
 
     def _report(self, phase: str, batch: int, batches: int, unit_fraction: float, losses=None) -> None:
@@ -179,9 +193,31 @@ class Trainer:
         """Pairs net j's co-divide trusts: clean posterior above the threshold, never an empty caption."""
         return (self.w_loss[j] > self.cfg.clean_threshold) & ~self.empty
 
+    def _judge(self, k: int) -> int:
+        """Whose co-divide net k trains on: the other net when co-training two; its own slot when
+        cross-fitting (where every slot holds the split judged fold by fold) or training one."""
+        return 1 - k if self.n_nets == 2 and self.fold is None else k
+
     def _trusted(self, k: int) -> np.ndarray:
         """Trusted split for training net k: made by the other net when co-training."""
-        return self._split((1 - k) if self.n_nets == 2 else k)
+        return self._split(self._judge(k))
+
+    def _train_share(self) -> float:
+        """Share of the corpus each network trains on: (K-1)/K when cross-fitting K folds."""
+        return 1.0 if self.fold is None else (self.n_nets - 1) / self.n_nets
+
+    def held_out(self, evals: list[EvalOut]) -> list[EvalOut]:
+        """What each network's co-divide sees. Cross-fitting: every pair's loss and prediction from the
+        net of its fold (which never trained on it), with each net's own joint vectors for its
+        pseudo-captions; otherwise each net's own pass."""
+        if self.fold is None:
+            return evals
+        rows = np.arange(self.n)
+        loss = np.stack([e.loss for e in evals])[self.fold, rows]
+        pred = np.empty_like(evals[0].pred)
+        for k, e in enumerate(evals):
+            pred[self.fold == k] = e.pred[self.fold == k]
+        return [EvalOut(loss, pred, e.img_emb, e.cap_emb) for e in evals]
 
     # --- passes -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -251,11 +287,11 @@ class Trainer:
         net.train()
         warm = self.epoch < cfg.warmup_epochs or not cfg.noise_handling or self.w_loss[0] is None
         rng = np.random.default_rng([cfg.seed, self.epoch, k])
-        pool = np.nonzero(~self.empty)[0]
+        pool = np.nonzero(~self.empty if self.fold is None else ~self.empty & (self.fold != k))[0]
         order = pool[rng.permutation(len(pool))]
         if not warm:
             trusted = self._trusted(k)
-            src = (1 - k) if self.n_nets == 2 else k
+            src = self._judge(k)
             y_all = self.y[src]
             if not cfg.use_pcap:  # without P-Cap, untrusted pairs have nothing to train on
                 order = order[trusted[order]]
@@ -319,8 +355,8 @@ class Trainer:
             opt.step()
             for name, v in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
-            self._report(phase, b + 1, batches, 3.0 * (b + 1) / batches, {n: s / (b + 1) for n, s in sums.items()})
-        self.units_done += 3.0
+            self._report(phase, b + 1, batches, 3.0 * self._train_share() * (b + 1) / batches, {n: s / (b + 1) for n, s in sums.items()})
+        self.units_done += 3.0 * self._train_share()
         return {n: s / batches for n, s in sums.items()}
 
     def _grounding_triplet(self, net: PC2Net, x, ids, lens, sims, margins) -> torch.Tensor:
@@ -420,7 +456,7 @@ class Trainer:
     def run(self) -> CurationResult:
         cfg = self.cfg
         resumed = self.try_resume()
-        self.units_done = self.epoch * self.n_nets * 4.0
+        self.units_done = self.epoch * self.n_nets * (3.0 * self._train_share() + 1.0)
         scored = None  # the last epoch's eval pass, which is also the final scoring pass
         while self.epoch < cfg.epochs:
             self.set_lr()
@@ -431,13 +467,13 @@ class Trainer:
             t0 = time.time()
             evals = [self.evaluate(k, embeddings=last or cfg.pcap_search == "corpus") for k in range(self.n_nets)]
             scored = (evals, time.time() - t0) if last else None
-            for k, ev in enumerate(evals):
+            for k, ev in enumerate(self.held_out(evals)):
                 self.divide(k, ev)
             self.epoch += 1
             n_clean = self.n_clean
             self.history.append(
                 {"epoch": self.epoch, "losses": losses, "n_clean": n_clean, "train_seconds": round(t_train, 3),
-                 "pairs_per_s_per_net": round(len(self) * self.n_nets / max(t_train, 1e-9), 1)}
+                 "pairs_per_s_per_net": round(len(self) * self.n_nets * self._train_share() / max(t_train, 1e-9), 1)}
             )
             self.save()
         return self.finish(resumed, scored)

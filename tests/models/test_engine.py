@@ -7,7 +7,10 @@ from pc2.models import codivide
 from pc2.models.config import PC2Config
 from pc2.models.engine import CHECKPOINT, Cancelled, EvalOut, Trainer, curate
 
-TINY = dict(epochs=8, warmup_epochs=2, embed_dim=64, word_dim=64, num_classes=16, batch_size=32, lr=3e-3, eval_batch_size=256)
+# The paper's two co-trained networks: these tests exercise co-training and the PC² components on them;
+# tests/models/test_crossfit.py covers the cross-fitted default.
+TINY = dict(epochs=8, warmup_epochs=2, embed_dim=64, word_dim=64, num_classes=16, batch_size=32, lr=3e-3, eval_batch_size=256,
+            cross_fit_folds=0, clean_threshold=0.95)
 
 
 def test_training_separates_noisy_from_clean(tiny_corpus, tmp_path):
