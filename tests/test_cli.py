@@ -29,13 +29,13 @@ def test_curate_end_to_end_separates_noisy_pairs(corpus600, tmp_path):
     t0 = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "pc2.cli", "curate", str(corpus600 / "manifest.parquet"), "--features", str(corpus600 / "features.npy"),
-         "-o", str(out), "--epochs", "10", *FAST, "--json", "-q"],
+         "-o", str(out), "--epochs", "6", *FAST, "--json", "-q"],
         capture_output=True, text=True, timeout=120,
     )
     elapsed = time.time() - t0
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["pairs"] == 600 and summary["epochs"] == 10
+    assert summary["pairs"] == 600 and summary["epochs"] == 6
     table = pq.read_table(out)
     manifest = pq.read_table(corpus600 / "manifest.parquet")
     for col in manifest.column_names:  # every manifest column carried through unchanged
