@@ -89,3 +89,23 @@ def test_cross_fit_folds_is_validated():
         PC2Config(cross_fit_folds=1)
     with pytest.raises(ConfigError, match="cross_fit_folds"):
         PC2Config(cross_fit_folds=-2)
+
+
+def test_cross_fitted_run_resumes_to_the_same_result(tiny_corpus, tmp_path):
+    import torch
+
+    from pc2.models.engine import CHECKPOINT, Cancelled
+
+    corpus, _ = tiny_corpus
+    cfg = PC2Config(**{**TINY, "epochs": 4})
+    full = curate(corpus, cfg, workdir=tmp_path / "full")
+    seen = []
+    with pytest.raises(Cancelled):
+        curate(corpus, cfg, workdir=tmp_path / "cut", progress=lambda p: seen.append(p.epoch),
+               should_stop=lambda: bool(seen) and seen[-1] >= 2)
+    ckpt = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
+    assert ckpt["epoch"] == 2 and len(ckpt["nets"]) == 3
+    resumed = curate(corpus, cfg, workdir=tmp_path / "cut")
+    assert resumed.metrics["resumed"] is True and resumed.metrics["epochs"] == 4
+    np.testing.assert_allclose(resumed.confidence, full.confidence, atol=1e-6)
+    np.testing.assert_array_equal(resumed.pcap_source, full.pcap_source)
