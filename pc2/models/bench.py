@@ -27,12 +27,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
+TWO_NETS = {"cross_fit_folds": 0, "clean_threshold": 0.95}  # the paper's co-training, the default before cross-fitting
+
 METHODS = {
     "pc2": {},
     "plain": {"noise_handling": False, "use_cotrain": False, "use_pcls": False, "use_pcap": False, "use_cr": False,
               "grounding_loss_weight": 0.0, "label_grounding_weight": 0.0},
-    "two_nets": {"cross_fit_folds": 0, "clean_threshold": 0.95},  # the paper's co-training, the default before cross-fitting
-    "ncr": {"cross_fit_folds": 0, "clean_threshold": 0.95, "use_pcls": False, "use_pcap": False, "use_cr": False, "grounding_loss_weight": 0.0, "label_grounding_weight": 0.0},
+    "two_nets": TWO_NETS,
+    "ncr": {**TWO_NETS, "use_pcls": False, "use_pcap": False, "use_cr": False, "grounding_loss_weight": 0.0, "label_grounding_weight": 0.0},
     "cosine": None,  # built from plain, see run_cosine
     "no_pcls": {"use_pcls": False},
     "no_pcap": {"use_pcap": False},

@@ -160,9 +160,11 @@ class Trainer:
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def _total_units(self) -> float:
-        # one unit = one pass over the corpus by one network (training ~3x an eval pass)
-        per_epoch = self.n_nets * (3.0 * self._train_share() + 1.0)
-        return self.cfg.epochs * per_epoch + self.n_nets * (1.0 + self._grounds_labels())
+        return self.cfg.epochs * self._epoch_units() + self.n_nets * (1.0 + self._grounds_labels())
+
+    def _epoch_units(self) -> float:
+        # one unit = one pass over the corpus by one network (training ~3x an eval pass, on the train share)
+        return self.n_nets * (3.0 * self._train_share() + 1.0)
 
     def _report(self, phase: str, batch: int, batches: int, unit_fraction: float, losses=None) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -456,7 +458,7 @@ class Trainer:
     def run(self) -> CurationResult:
         cfg = self.cfg
         resumed = self.try_resume()
-        self.units_done = self.epoch * self.n_nets * (3.0 * self._train_share() + 1.0)
+        self.units_done = self.epoch * self._epoch_units()
         scored = None  # the last epoch's eval pass, which is also the final scoring pass
         while self.epoch < cfg.epochs:
             self.set_lr()
