@@ -84,7 +84,8 @@ class PC2Config:
     label_threshold: float = 0.5  # confidence below this -> label "noisy"
     label_grounding_weight: float = 0.5  # final labels: weight of own-caption word grounding beside the loss in the clean GMM (0 = loss only; vse)
     pseudo_caption_strategy: Literal["pred", "embed", "combo", "grounded"] = "grounded"  # best measured in BENCHMARKS.md; see pseudo_caption.py
-    grounding_tau: float = 0.1  # temperature of the soft minimum over a caption's word groundings (grounding loss, labels, "grounded")
+    grounding_tau: float = 0.1  # temperature of the soft minimum over a caption's word groundings (grounding loss, labels)
+    pcap_grounding_tau: float = 0.2  # "grounded": that temperature when ranking pseudo-caption candidates; higher charges more for every word that could be wrong (BENCHMARKS.md)
     grounding_fit_weight: float = 0.9  # "grounded": weight of cos(image, caption) against cos(image, source image)
     min_pcap_similarity: float = 0.5  # P-Cap soft label is 0 below this similarity
     eval_batch_size: int = 512
@@ -101,6 +102,7 @@ class PC2Config:
             "label_threshold": 0 <= self.label_threshold <= 1,
             "max_tokens": self.max_tokens >= 1,
             "grounding_tau": self.grounding_tau > 0,
+            "pcap_grounding_tau": self.pcap_grounding_tau > 0,
             "grounding_fit_weight": 0 <= self.grounding_fit_weight <= 1,
             "label_grounding_weight": self.label_grounding_weight >= 0,
             "grounding_loss_weight": self.grounding_loss_weight >= 0,
@@ -167,6 +169,6 @@ class PC2Config:
     # Fields that change the trained result; a checkpoint made under other values is not resumed.
     def training_fingerprint(self) -> str:
         # the strategy picks training pseudo-captions too; grounding_tau shapes the grounding loss; the fit
-        # weight and the label weight only re-rank and re-label the final results
-        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_fit_weight", "label_grounding_weight"}
+        # weight, the ranking temperature and the label weight only re-rank and re-label the final results
+        skip = {"device", "threads", "label_threshold", "eval_batch_size", "epochs", "grounding_fit_weight", "pcap_grounding_tau", "label_grounding_weight"}
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)

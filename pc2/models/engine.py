@@ -538,16 +538,18 @@ class Trainer:
         """One word-grounding scorer per network for ``grounded`` pseudo-captions (backbones with region vectors)."""
         if self.cfg.pseudo_caption_strategy != "grounded" or not self._has_regions():
             return None
-        return [lambda t, c, net=net: self.ground(net, t, c) for net in self.nets]
+        tau = self.cfg.pcap_grounding_tau
+        return [lambda t, c, net=net: self.ground(net, t, c, tau=tau) for net in self.nets]
 
     @torch.no_grad()
     def ground(self, net: PC2Net, targets: np.ndarray, cand: np.ndarray, block: int = 1024, chunk: int | None = None,
-               phase: str | None = None) -> np.ndarray:
+               phase: str | None = None, tau: float | None = None) -> np.ndarray:
         """``networks.word_grounding`` of candidate pairs' captions (B, C) in the target pairs' images (B,).
 
         Images go through the network ``chunk`` at a time (default: about 2,048 image-caption pairs per
         step, so 1 candidate each runs in steps of 2,048 images and 40 in steps of 51). With ``phase``,
-        progress is reported per block as a fraction of one pass."""
+        progress is reported per block as a fraction of one pass. ``tau``: the soft minimum's temperature
+        (default ``grounding_tau``)."""
         net.eval()
         bb, cfg = net.backbone, self.cfg
         chunk = chunk or max(1, 2048 // max(cand.shape[1], 1))
@@ -576,7 +578,7 @@ class Trainer:
                 pick = inv[q : q + chunk]
                 with self._autocast():
                     regions = bb.region_vectors(x).float()
-                g = word_grounding(regions, words[pick], masks[pick], cfg.grounding_tau)
+                g = word_grounding(regions, words[pick], masks[pick], cfg.grounding_tau if tau is None else tau)
                 out[s + q : s + q + len(pick)] = g.cpu().numpy()
         return out
 

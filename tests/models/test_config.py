@@ -22,3 +22,5 @@ def test_unknown_keys_and_bad_values_are_rejected():
         PC2Config(codivide_scale="cubic")
     with pytest.raises(ConfigError, match="clean_threshold"):
         PC2Config(clean_threshold=1.0)
+    with pytest.raises(ConfigError, match="pcap_grounding_tau"):
+        PC2Config(pcap_grounding_tau=0.0)

@@ -168,6 +168,12 @@ def test_word_grounding_of_own_captions_separates_clean_pairs(tiny_corpus, tmp_p
     # blocks and chunks do not change a pair's score beyond float noise
     small = tr.ground(tr.nets[0], pairs, cand, block=7, chunk=3)
     assert np.allclose(small, tr.ground(tr.nets[0], pairs, cand), atol=1e-4)
+    # pseudo-captions are ranked at their own temperature, not the training one
+    ranked = tr.grounding_scorers()[0](pairs, cand)
+    assert np.allclose(ranked, tr.ground(tr.nets[0], pairs, cand, tau=cfg.pcap_grounding_tau), atol=1e-5)
+    assert not np.allclose(ranked, tr.ground(tr.nets[0], pairs, cand), atol=1e-3)
+    # and only re-rank the final results: a checkpoint made at another value is resumed
+    assert cfg.replace(pcap_grounding_tau=0.05).training_fingerprint() == cfg.training_fingerprint()
     tr.cfg = tr.cfg.replace(pseudo_caption_strategy="combo")
     assert tr.grounding_scorers() is None
 
