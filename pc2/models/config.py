@@ -74,7 +74,7 @@ class PC2Config:
     use_pcap: bool = True  # pseudo-captions for untrusted pairs during training
     use_cr: bool = True  # prediction-oscillation correspondence rectification
     use_cotrain: bool = True  # A trains on B's split and vice versa (False: own split)
-    cross_fit_folds: int = 5  # K >= 2: K networks, net k never trains on fold k and each pair is judged by its fold's net; 0 = two co-trained networks, the paper's form (BENCHMARKS.md). Needs use_cotrain and noise_handling
+    cross_fit_folds: int = 8  # K >= 2: K networks, net k never trains on fold k and each pair is judged by its fold's net; 0 = two co-trained networks, the paper's form (BENCHMARKS.md). Needs use_cotrain and noise_handling
     noise_handling: bool = True  # False: plain triplet on all pairs for every epoch (baseline)
     clean_threshold: float = 0.5  # w_loss above this puts a pair in the trusted split (cross-fitted; with cross_fit_folds=0 use 0.95: BENCHMARKS.md)
     gmm_max_iter: int = 20

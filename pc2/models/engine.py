@@ -1,6 +1,6 @@
 """The PC² training loop: warm-up, co-divide, correspondence rectification, P-Cls, P-Cap, scoring.
 
-The co-divide is cross-fitted by default (``cross_fit_folds=5``): every pair belongs to one of K
+The co-divide is cross-fitted by default (``cross_fit_folds=8``): every pair belongs to one of K
 folds, network k never trains on fold k (neither in warm-up nor after), and a pair's loss and
 pseudo-prediction for the co-divide come only from the network of its fold. The paper's two
 co-trained networks let each vouch for the other's training pairs, but after a warm-up on 70 %-noisy
